@@ -1,0 +1,301 @@
+//! Elections: pre-vote (thesis §9.6), votes (Raft §5.2, §5.4.1), check-quorum and leader
+//! stickiness (thesis §6.2 / §9.6), and the dispatch of every incoming message by term.
+
+use crate::ids::{NodeId, Term};
+use crate::io::Role;
+use crate::raft::message::{Body, Envelope, VoteRequest, VoteResponse};
+use crate::raft::node::{LeaderState, RaftNode};
+use crate::raft::progress::Progress;
+use crate::raft::state_machine::StateMachine;
+use std::collections::{BTreeMap, VecDeque};
+
+impl<S: StateMachine> RaftNode<S> {
+    /// Entry point for every message: term rules first (Raft §5.1), then per-kind handlers.
+    pub(crate) fn step(&mut self, env: Envelope) {
+        if env.to != self.id || env.from == self.id {
+            self.stats.messages_invalid += 1;
+            return;
+        }
+        if env.term > self.term {
+            match &env.body {
+                // A pre-vote carries the term the sender *would* use; it changes nobody's term.
+                Body::PreVote(_) => {}
+                // A granted pre-vote answer carries our own future term.
+                Body::PreVoteResp(VoteResponse { granted: true }) => {}
+                Body::Vote(req) if self.in_lease() && !req.transfer => {
+                    // Leader stickiness: a node that heard from a leader within the election timeout
+                    // neither votes nor adopts the term (disruptive rejoiner, checklist 5).
+                    self.stats.votes_ignored_in_lease += 1;
+                    return;
+                }
+                Body::Append(_) | Body::Heartbeat(_) | Body::Snapshot(_) => self.become_follower(env.term, Some(env.from)),
+                _ => self.become_follower(env.term, None),
+            }
+        } else if env.term < self.term {
+            self.stats.messages_stale += 1;
+            match env.body {
+                // Tell a stale leader about the newer term so it steps down (etcd: needed with
+                // pre-vote/check-quorum, or a partitioned old leader never learns).
+                Body::Append(_) | Body::Heartbeat(_) | Body::Snapshot(_) => {
+                    let resp = crate::raft::message::HeartbeatResponse { round: 0, last_index: self.log.last_index() };
+                    self.send(env.from, Body::HeartbeatResp(resp));
+                }
+                Body::PreVote(_) => self.send(env.from, Body::PreVoteResp(VoteResponse { granted: false })),
+                Body::Vote(_) => self.send(env.from, Body::VoteResp(VoteResponse { granted: false })),
+                _ => {}
+            }
+            return;
+        }
+        let from = env.from;
+        let term = env.term;
+        match env.body {
+            Body::PreVote(req) => self.on_pre_vote(from, term, req),
+            Body::PreVoteResp(resp) => self.on_vote_resp(from, term, resp, true),
+            Body::Vote(req) => self.on_vote(from, req),
+            Body::VoteResp(resp) => self.on_vote_resp(from, term, resp, false),
+            Body::Append(req) => {
+                if self.accept_leader(from) {
+                    self.on_append(from, req);
+                }
+            }
+            Body::AppendResp(resp) => self.on_append_resp(from, resp),
+            Body::Heartbeat(req) => {
+                if self.accept_leader(from) {
+                    self.on_heartbeat(from, req);
+                }
+            }
+            Body::HeartbeatResp(resp) => self.on_heartbeat_resp(from, resp),
+            Body::Snapshot(chunk) => {
+                if self.accept_leader(from) {
+                    self.on_snapshot_chunk(from, chunk);
+                }
+            }
+            Body::SnapshotResp(ack) => self.on_snapshot_ack(from, ack),
+            Body::TimeoutNow => self.on_timeout_now(from),
+            Body::ReadIndex(id) => self.on_read_index(from, id),
+            Body::ReadIndexResp(id, index) => self.on_read_index_resp(from, id, index),
+        }
+    }
+
+    /// A message from the leader of our term: follow it. Two leaders in one term would break
+    /// election safety, so a claim from another node while we lead is counted and dropped.
+    fn accept_leader(&mut self, from: NodeId) -> bool {
+        match self.role {
+            Role::Leader => {
+                self.stats.messages_invalid += 1;
+                tracing::warn!(node = %self.id, %from, term = %self.term, "second leader claims our term");
+                false
+            }
+            Role::Candidate | Role::PreCandidate => {
+                self.become_follower(self.term, Some(from));
+                self.note_leader_contact(from);
+                true
+            }
+            Role::Follower => {
+                if self.leader != Some(from) {
+                    self.leader = Some(from);
+                    self.emit_role();
+                }
+                self.note_leader_contact(from);
+                true
+            }
+        }
+    }
+
+    fn note_leader_contact(&mut self, _from: NodeId) {
+        self.last_leader_contact = Some(self.now);
+        self.reset_election_deadline();
+    }
+
+    /// Whether this node heard from a live leader within the election timeout (check-quorum's
+    /// leader stickiness; etcd `inLease`).
+    pub(crate) fn in_lease(&self) -> bool {
+        if !self.cfg.check_quorum {
+            return false;
+        }
+        if self.role == Role::Leader {
+            return true;
+        }
+        self.leader.is_some() && self.last_leader_contact.is_some_and(|t| self.now < t + self.cfg.election_timeout)
+    }
+
+    pub(crate) fn on_election_timeout(&mut self) {
+        if !self.log.membership().is_voter(self.id) {
+            self.election_deadline = None;
+            return;
+        }
+        if self.cfg.pre_vote {
+            self.become_pre_candidate();
+        } else {
+            self.become_candidate(false);
+        }
+    }
+
+    pub(crate) fn become_follower(&mut self, term: Term, leader: Option<NodeId>) {
+        let changed = term != self.term || self.role != Role::Follower || self.leader != leader;
+        if term > self.term {
+            self.term = term;
+            self.vote = None;
+            self.mark_hard_state();
+        }
+        if self.role == Role::Leader {
+            self.fail_leader_reads();
+        }
+        self.role = Role::Follower;
+        self.lead = None;
+        self.leader = leader;
+        self.votes.clear();
+        if leader.is_some() {
+            self.last_leader_contact = Some(self.now);
+        }
+        self.fail_remote_reads();
+        self.reset_election_deadline();
+        if changed {
+            self.emit_role();
+        }
+    }
+
+    fn become_pre_candidate(&mut self) {
+        self.stats.pre_campaigns += 1;
+        if self.role == Role::Leader {
+            self.fail_leader_reads();
+        }
+        self.role = Role::PreCandidate;
+        self.lead = None;
+        self.leader = None;
+        self.fail_remote_reads();
+        self.votes = BTreeMap::from([(self.id, true)]);
+        self.reset_election_deadline();
+        self.emit_role();
+        let req = VoteRequest { last_log: self.log.last_id(), transfer: false };
+        let next_term = self.term.next();
+        for peer in self.other_voters() {
+            let env = Envelope { from: self.id, to: peer, term: next_term, body: Body::PreVote(req) };
+            self.send_envelope(env);
+        }
+        self.tally(true);
+    }
+
+    pub(crate) fn become_candidate(&mut self, transfer: bool) {
+        self.stats.campaigns += 1;
+        self.role = Role::Candidate;
+        self.lead = None;
+        self.leader = None;
+        self.fail_remote_reads();
+        self.term = self.term.next();
+        self.vote = Some(self.id);
+        self.mark_hard_state();
+        self.votes = BTreeMap::from([(self.id, true)]);
+        self.reset_election_deadline();
+        self.emit_role();
+        let req = VoteRequest { last_log: self.log.last_id(), transfer };
+        for peer in self.other_voters() {
+            self.send(peer, Body::Vote(req));
+        }
+        self.tally(false);
+    }
+
+    fn become_leader(&mut self) {
+        self.stats.leaderships += 1;
+        tracing::debug!(node = %self.id, term = %self.term, "became leader");
+        self.role = Role::Leader;
+        self.leader = Some(self.id);
+        self.election_deadline = None;
+        self.votes.clear();
+        let now = self.now;
+        let last = self.log.last_index();
+        let progress = self.log.membership().members().filter(|id| *id != self.id).map(|id| (id, Progress::new(last, now))).collect();
+        self.lead = Some(LeaderState {
+            progress,
+            heartbeat_at: now + self.cfg.heartbeat_interval,
+            check_quorum_at: now + self.cfg.election_timeout,
+            transfer: None,
+            round: 0,
+            round_sent: VecDeque::new(),
+            reads: VecDeque::new(),
+            reads_before_commit: VecDeque::new(),
+            round_needed: false,
+            append_needed: false,
+            lease_until: None,
+        });
+        self.emit_role();
+        // Raft §8: commit an entry of the new term so earlier entries commit and reads can start.
+        self.append_noop();
+    }
+
+    fn other_voters(&self) -> Vec<NodeId> {
+        self.log.membership().voters.iter().copied().filter(|id| *id != self.id).collect()
+    }
+
+    fn on_pre_vote(&mut self, from: NodeId, term: Term, req: VoteRequest) {
+        // Granted only for a future term, an up-to-date log, and no live leader (thesis §9.6).
+        let granted = term > self.term && req.last_log >= self.log.last_id() && (!self.in_lease() || req.transfer);
+        let reply_term = if granted { term } else { self.term };
+        let env = Envelope { from: self.id, to: from, term: reply_term, body: Body::PreVoteResp(VoteResponse { granted }) };
+        self.send_envelope(env);
+    }
+
+    fn on_vote(&mut self, from: NodeId, req: VoteRequest) {
+        let can_vote = self.vote == Some(from) || (self.vote.is_none() && self.leader.is_none());
+        let granted = can_vote && req.last_log >= self.log.last_id();
+        if granted {
+            if self.vote != Some(from) {
+                self.vote = Some(from);
+                self.mark_hard_state();
+            }
+            self.reset_election_deadline();
+        }
+        self.send(from, Body::VoteResp(VoteResponse { granted }));
+    }
+
+    fn on_vote_resp(&mut self, from: NodeId, term: Term, resp: VoteResponse, pre: bool) {
+        let expected_role = if pre { Role::PreCandidate } else { Role::Candidate };
+        let expected_term = if pre && resp.granted { self.term.next() } else { self.term };
+        if self.role != expected_role || term != expected_term || !self.log.membership().is_voter(from) {
+            self.stats.messages_stale += 1;
+            return;
+        }
+        self.votes.insert(from, resp.granted);
+        self.tally(pre);
+    }
+
+    fn tally(&mut self, pre: bool) {
+        let quorum = self.log.membership().quorum();
+        let voters = &self.log.membership().voters;
+        let granted = self.votes.iter().filter(|(id, g)| **g && voters.contains(id)).count();
+        let rejected = self.votes.iter().filter(|(id, g)| !**g && voters.contains(id)).count();
+        if granted >= quorum {
+            if pre {
+                self.become_candidate(false);
+            } else {
+                self.become_leader();
+            }
+        } else if rejected >= quorum {
+            self.become_follower(self.term, None);
+        }
+    }
+
+    /// Leader: step down if a quorum of voters was not heard from within an election timeout.
+    pub(crate) fn check_quorum(&mut self) {
+        let membership = self.log.membership().clone();
+        let lead = self.lead.as_mut().expect("leader");
+        let active = membership.voters.iter().filter(|id| **id == self.id || lead.progress.get(id).is_some_and(|p| p.recent_active)).count();
+        for pr in lead.progress.values_mut() {
+            pr.recent_active = false;
+        }
+        lead.check_quorum_at = self.now + self.cfg.election_timeout;
+        if active < membership.quorum() {
+            tracing::debug!(node = %self.id, term = %self.term, "check-quorum failed: stepping down");
+            self.become_follower(self.term, None);
+        }
+    }
+
+    fn on_timeout_now(&mut self, from: NodeId) {
+        if self.role != Role::Follower || self.leader != Some(from) || !self.log.membership().is_voter(self.id) {
+            self.stats.messages_stale += 1;
+            return;
+        }
+        tracing::debug!(node = %self.id, "leadership transferred to us: campaigning");
+        self.become_candidate(true);
+    }
+}

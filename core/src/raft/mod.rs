@@ -1,0 +1,26 @@
+//! Raft consensus (Ongaro & Ousterhout 2014; Ongaro's thesis 2014), sans-IO. Knows nothing of
+//! users: the directory plugs in as a [`StateMachine`].
+//!
+//! Features: pre-vote and check-quorum with leader stickiness; pipelined, batched replication with
+//! a bounded in-flight window and fast back-tracking; commitment by counting only current-term
+//! entries; ReadIndex reads (leader and follower) and optional leases; snapshots with log compaction
+//! and chunked, resumable InstallSnapshot; single-server membership changes with learners;
+//! leadership transfer; client de-duplication by `(client, seq)`.
+
+pub mod config;
+mod election;
+pub mod log;
+pub mod message;
+pub mod node;
+pub mod progress;
+mod read;
+mod replication;
+mod snapshot;
+pub mod state_machine;
+pub mod types;
+
+pub use config::{Config, ReadMode};
+pub use message::{Body, Envelope};
+pub use node::{MembershipError, ProposeError, RaftNode, ReadError, StartError, Stats, Status, TransferError};
+pub use state_machine::{ApplyContext, StateMachine};
+pub use types::{Entry, HardState, Membership, MembershipChange, Payload, Snapshot, SnapshotMeta};

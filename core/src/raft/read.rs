@@ -1,0 +1,184 @@
+//! Linearizable reads without log writes: ReadIndex (thesis §6.4), follower reads through the
+//! leader, and optional leader leases (§6.4.1, unsafe under clock drift).
+
+use crate::ids::{LogIndex, NodeId, ReadId};
+use crate::io::{Event, Role};
+use crate::raft::config::ReadMode;
+use crate::raft::message::Body;
+use crate::raft::node::{LeaderRead, RaftNode, ReadError, ReadOrigin};
+use crate::raft::state_machine::StateMachine;
+use crate::time::Instant;
+
+impl<S: StateMachine> RaftNode<S> {
+    /// Asks for a linearizable read. When `Event::ReadReady { id, .. }` comes out, reading the local
+    /// state machine at that moment is linearizable; `Event::ReadFailed` means retry.
+    pub fn read(&mut self, now: Instant, id: ReadId) -> Result<(), ReadError> {
+        if now > self.now {
+            self.handle_clock(now);
+        }
+        if self.pending_reads() >= self.cfg.pending_reads_max {
+            return Err(ReadError::Backpressure);
+        }
+        if self.role == Role::Leader {
+            self.leader_read(ReadOrigin::Local, id);
+            return Ok(());
+        }
+        let Some(leader) = self.leader else {
+            return Err(ReadError::NoLeader);
+        };
+        self.remote_reads.insert(id, (leader, self.now));
+        self.send(leader, Body::ReadIndex(id));
+        Ok(())
+    }
+
+    fn handle_clock(&mut self, now: Instant) {
+        self.now = now;
+    }
+
+    fn pending_reads(&self) -> usize {
+        let leader = self.lead.as_ref().map_or(0, |l| l.reads.len() + l.reads_before_commit.len());
+        leader + self.ready_reads.len() + self.remote_reads.len()
+    }
+
+    /// Leader side of a read, local or on behalf of a follower.
+    fn leader_read(&mut self, origin: ReadOrigin, id: ReadId) {
+        let committed_in_term = self.log.term(self.commit) == Some(self.term);
+        let commit = self.commit;
+        let now = self.now;
+        let lease_mode = self.cfg.read_mode == ReadMode::LeaseBased;
+        let lead = self.lead.as_mut().expect("leader");
+        if !committed_in_term {
+            // A new leader does not know the commit index until its no-op commits
+            // (etcd TestReadOnlyForNewLeader).
+            lead.reads_before_commit.push_back((origin, id));
+            return;
+        }
+        if lease_mode && lead.lease_until.is_some_and(|until| now < until) {
+            self.read_confirmed(origin, id, commit);
+            return;
+        }
+        let round = lead.round + 1;
+        lead.reads.push_back(LeaderRead { origin, id, index: commit, round });
+        lead.round_needed = true;
+    }
+
+    pub(crate) fn on_read_index(&mut self, from: NodeId, id: ReadId) {
+        if self.role != Role::Leader || self.pending_reads() >= self.cfg.pending_reads_max {
+            self.send(from, Body::ReadIndexResp(id, None));
+            return;
+        }
+        self.leader_read(ReadOrigin::Remote(from), id);
+    }
+
+    pub(crate) fn on_read_index_resp(&mut self, from: NodeId, id: ReadId, index: Option<LogIndex>) {
+        match self.remote_reads.get(&id) {
+            Some((leader, _)) if *leader == from => {}
+            _ => {
+                self.stats.messages_stale += 1;
+                return;
+            }
+        }
+        self.remote_reads.remove(&id);
+        match index {
+            Some(index) => {
+                self.ready_reads.push_back((id, index));
+                self.release_ready_reads();
+            }
+            None => self.emit(Event::ReadFailed { id }),
+        }
+    }
+
+    /// Leader: the newest round a quorum of voters has acknowledged; every read of that round or
+    /// earlier is confirmed, and the lease runs from that round's start.
+    pub(crate) fn confirm_reads(&mut self) {
+        let Some(lead) = &mut self.lead else { return };
+        let membership = self.log.membership();
+        let mut acked: Vec<u64> = membership
+            .voters
+            .iter()
+            .map(|id| if *id == self.id { lead.round } else { lead.progress.get(id).map_or(0, |p| p.acked_round) })
+            .collect();
+        if acked.is_empty() {
+            return;
+        }
+        acked.sort_unstable_by(|a, b| b.cmp(a));
+        let quorum_round = acked[membership.quorum() - 1];
+        if let Some((_, sent)) = lead.round_sent.iter().find(|(r, _)| *r == quorum_round) {
+            let until = *sent + self.cfg.election_timeout;
+            if lead.lease_until.is_none_or(|u| u < until) {
+                lead.lease_until = Some(until);
+            }
+        }
+        let mut confirmed = Vec::new();
+        while lead.reads.front().is_some_and(|r| r.round <= quorum_round) {
+            confirmed.push(lead.reads.pop_front().expect("checked"));
+        }
+        for read in confirmed {
+            self.read_confirmed(read.origin, read.id, read.index);
+        }
+    }
+
+    fn read_confirmed(&mut self, origin: ReadOrigin, id: ReadId, index: LogIndex) {
+        match origin {
+            ReadOrigin::Local => {
+                self.ready_reads.push_back((id, index));
+                self.release_ready_reads();
+            }
+            ReadOrigin::Remote(to) => self.send(to, Body::ReadIndexResp(id, Some(index))),
+        }
+    }
+
+    /// Emits `ReadReady` for confirmed reads whose index has been applied.
+    pub(crate) fn release_ready_reads(&mut self) {
+        let applied = self.applied;
+        let mut i = 0;
+        while i < self.ready_reads.len() {
+            if self.ready_reads[i].1 <= applied {
+                let (id, index) = self.ready_reads.remove(i).expect("in range");
+                self.emit(Event::ReadReady { id, index });
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    /// Leader: the no-op of this term committed; reads that waited for it join a round.
+    pub(crate) fn on_first_commit_in_term(&mut self) {
+        let waiting: Vec<(ReadOrigin, ReadId)> = self.lead.as_mut().map(|l| l.reads_before_commit.drain(..).collect()).unwrap_or_default();
+        for (origin, id) in waiting {
+            self.leader_read(origin, id);
+        }
+    }
+
+    /// Leadership lost: every read the leader held fails (never served stale).
+    pub(crate) fn fail_leader_reads(&mut self) {
+        let Some(lead) = &mut self.lead else { return };
+        let mut failed: Vec<(ReadOrigin, ReadId)> = lead.reads.drain(..).map(|r| (r.origin, r.id)).collect();
+        failed.extend(lead.reads_before_commit.drain(..));
+        for (origin, id) in failed {
+            match origin {
+                ReadOrigin::Local => self.emit(Event::ReadFailed { id }),
+                ReadOrigin::Remote(to) => self.send(to, Body::ReadIndexResp(id, None)),
+            }
+        }
+    }
+
+    /// Role or leader changed: reads forwarded to the old leader fail.
+    pub(crate) fn fail_remote_reads(&mut self) {
+        let ids: Vec<ReadId> = std::mem::take(&mut self.remote_reads).into_keys().collect();
+        for id in ids {
+            self.emit(Event::ReadFailed { id });
+        }
+    }
+
+    /// Reads forwarded more than an election timeout ago are presumed lost.
+    pub(crate) fn expire_remote_reads(&mut self) {
+        let deadline = self.cfg.election_timeout;
+        let now = self.now;
+        let expired: Vec<ReadId> = self.remote_reads.iter().filter(|(_, (_, sent))| now >= *sent + deadline).map(|(id, _)| *id).collect();
+        for id in expired {
+            self.remote_reads.remove(&id);
+            self.emit(Event::ReadFailed { id });
+        }
+    }
+}

@@ -1,0 +1,197 @@
+//! The replicated state machine interface, and the de-duplication table that wraps it.
+
+use crate::ids::{ClientId, LogIndex, Term};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// What `apply` knows about the entry it applies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ApplyContext {
+    /// The entry's index.
+    pub index: LogIndex,
+    /// The entry's term.
+    pub term: Term,
+    /// The leader's wall clock stamped into the entry: the only wall time replicated state sees.
+    pub unix_ms: u64,
+    /// The client that proposed it.
+    pub client: ClientId,
+}
+
+/// An application state machine driven by Raft. It must be deterministic: the same commands in the
+/// same order give the same state and responses on every replica (Raft §5.4.3).
+pub trait StateMachine {
+    /// Applies one committed command and returns the response for the proposer.
+    fn apply(&mut self, ctx: &ApplyContext, command: &[u8]) -> Vec<u8>;
+    /// Encodes the whole state.
+    fn snapshot(&self) -> Vec<u8>;
+    /// Replaces the whole state with a decoded snapshot; on error the state is unchanged.
+    fn restore(&mut self, data: &[u8]) -> Result<(), SnapshotDecodeError>;
+}
+
+/// A snapshot could not be decoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("snapshot could not be decoded: {0}")]
+pub struct SnapshotDecodeError(pub String);
+
+/// Version tag of the snapshot envelope (STYLE.md principle 15).
+const SNAPSHOT_VERSION: u8 = 1;
+
+/// The outcome of applying one command through the de-duplication table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Applied {
+    /// The command ran; here is its response.
+    Fresh(Vec<u8>),
+    /// A retry of the client's latest command: it did not run again; here is the cached response.
+    Duplicate(Vec<u8>),
+    /// A retry of an older command whose response is gone: it did not run.
+    Stale,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct ClientRecord {
+    seq: u64,
+    response: Vec<u8>,
+    last_index: LogIndex,
+}
+
+/// The client session table of thesis §6.3: a retried `(client, seq)` applies once. It is part of
+/// the replicated state, so it lives in every snapshot. Bounded by `clients_max`: the client idle the
+/// longest (lowest last applied index, identical on every replica) is evicted first.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DedupTable {
+    clients: BTreeMap<ClientId, ClientRecord>,
+    by_index: BTreeMap<LogIndex, ClientId>,
+    clients_max: usize,
+}
+
+#[derive(Serialize, Deserialize)]
+struct SnapshotEnvelope {
+    version: u8,
+    clients: Vec<(ClientId, u64, Vec<u8>, LogIndex)>,
+    app: Vec<u8>,
+}
+
+impl DedupTable {
+    /// An empty table holding at most `clients_max` sessions.
+    #[must_use]
+    pub fn new(clients_max: usize) -> DedupTable {
+        assert!(clients_max > 0);
+        DedupTable { clients: BTreeMap::new(), by_index: BTreeMap::new(), clients_max }
+    }
+
+    /// The number of client sessions held.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.clients.len()
+    }
+
+    /// Whether the table is empty.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.clients.is_empty()
+    }
+
+    /// Applies `data` for `(ctx.client, seq)` through `sm` unless it is a retry.
+    pub fn apply<S: StateMachine>(&mut self, sm: &mut S, ctx: &ApplyContext, seq: u64, data: &[u8]) -> Applied {
+        if let Some(rec) = self.clients.get(&ctx.client) {
+            if seq == rec.seq {
+                return Applied::Duplicate(rec.response.clone());
+            }
+            if seq < rec.seq {
+                return Applied::Stale;
+            }
+        }
+        let response = sm.apply(ctx, data);
+        if let Some(old) = self.clients.remove(&ctx.client) {
+            self.by_index.remove(&old.last_index);
+        }
+        self.clients.insert(ctx.client, ClientRecord { seq, response: response.clone(), last_index: ctx.index });
+        self.by_index.insert(ctx.index, ctx.client);
+        while self.clients.len() > self.clients_max {
+            let (_, victim) = self.by_index.pop_first().expect("by_index mirrors clients");
+            self.clients.remove(&victim);
+        }
+        debug_assert_eq!(self.clients.len(), self.by_index.len());
+        Applied::Fresh(response)
+    }
+
+    /// Encodes the table together with the application's snapshot.
+    #[must_use]
+    pub fn snapshot<S: StateMachine>(&self, sm: &S) -> Vec<u8> {
+        let env = SnapshotEnvelope {
+            version: SNAPSHOT_VERSION,
+            clients: self.clients.iter().map(|(c, r)| (*c, r.seq, r.response.clone(), r.last_index)).collect(),
+            app: sm.snapshot(),
+        };
+        postcard::to_stdvec(&env).expect("encoding to a Vec cannot fail")
+    }
+
+    /// Restores the table and the application from `data`; on error neither changes.
+    pub fn restore<S: StateMachine>(&mut self, sm: &mut S, data: &[u8]) -> Result<(), SnapshotDecodeError> {
+        let env: SnapshotEnvelope = postcard::from_bytes(data).map_err(|e| SnapshotDecodeError(e.to_string()))?;
+        if env.version != SNAPSHOT_VERSION {
+            return Err(SnapshotDecodeError(format!("unknown snapshot version {}", env.version)));
+        }
+        if env.clients.len() > self.clients_max {
+            return Err(SnapshotDecodeError("more client sessions than clients_max".into()));
+        }
+        let mut clients = BTreeMap::new();
+        let mut by_index = BTreeMap::new();
+        for (c, seq, response, last_index) in env.clients {
+            if by_index.insert(last_index, c).is_some() || clients.insert(c, ClientRecord { seq, response, last_index }).is_some() {
+                return Err(SnapshotDecodeError("duplicate client session".into()));
+            }
+        }
+        sm.restore(&env.app)?;
+        self.clients = clients;
+        self.by_index = by_index;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Default)]
+    struct Counter(u64);
+    impl StateMachine for Counter {
+        fn apply(&mut self, _: &ApplyContext, _: &[u8]) -> Vec<u8> {
+            self.0 += 1;
+            self.0.to_le_bytes().to_vec()
+        }
+        fn snapshot(&self) -> Vec<u8> {
+            self.0.to_le_bytes().to_vec()
+        }
+        fn restore(&mut self, data: &[u8]) -> Result<(), SnapshotDecodeError> {
+            let b: [u8; 8] = data.try_into().map_err(|_| SnapshotDecodeError("len".into()))?;
+            self.0 = u64::from_le_bytes(b);
+            Ok(())
+        }
+    }
+
+    fn ctx(client: u64, index: u64) -> ApplyContext {
+        ApplyContext { index: LogIndex(index), term: Term(1), unix_ms: 0, client: ClientId(client) }
+    }
+
+    #[test]
+    fn retry_applies_once_and_evicts_oldest() {
+        let mut sm = Counter::default();
+        let mut t = DedupTable::new(2);
+        assert_eq!(t.apply(&mut sm, &ctx(1, 1), 1, b""), Applied::Fresh(1u64.to_le_bytes().to_vec()));
+        assert_eq!(t.apply(&mut sm, &ctx(1, 2), 1, b""), Applied::Duplicate(1u64.to_le_bytes().to_vec()));
+        assert_eq!(t.apply(&mut sm, &ctx(1, 3), 0, b""), Applied::Stale);
+        assert_eq!(sm.0, 1);
+        t.apply(&mut sm, &ctx(2, 4), 1, b"");
+        t.apply(&mut sm, &ctx(3, 5), 1, b"");
+        assert_eq!(t.len(), 2, "client 1 (idle longest) was evicted");
+        let snap = t.snapshot(&sm);
+        let mut sm2 = Counter::default();
+        let mut t2 = DedupTable::new(2);
+        t2.restore(&mut sm2, &snap).unwrap();
+        assert_eq!(t2, t);
+        assert_eq!(sm2.0, 3);
+        assert!(t2.restore(&mut sm2, b"\xff\xff").is_err());
+        assert_eq!(t2, t, "a failed restore changes nothing");
+    }
+}

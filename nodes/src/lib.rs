@@ -1,0 +1,1 @@
+//! The `paloma` binary lives here once the client and replica issues land.

@@ -1,0 +1,169 @@
+//! Raft safety checkers, run after every simulated step (Raft Figure 3's properties; the
+//! list follows openraft's turmoil invariants and `../shared/notes/raft-checklist.md`).
+//!
+//! - Election safety: at most one leader per term.
+//! - Log matching / committed entries immutable: every index a node reports committed holds the
+//!   same term on every node and forever.
+//! - Leader completeness: a leader's log holds every entry committed before.
+//! - State machine safety: nodes that applied the same index have the same state.
+//! - Per node: term never decreases within an incarnation; the durable term and vote never regress
+//!   across restarts (vote durability: no double vote in a term).
+
+use paloma_core::io::Role;
+use paloma_core::raft::{RaftNode, StateMachine};
+use paloma_core::{LogIndex, NodeId, Term};
+use std::collections::BTreeMap;
+
+/// A broken invariant, with what the checker saw.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Violation(pub String);
+
+impl std::fmt::Display for Violation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+struct NodeTrack {
+    term: Term,
+    commit_checked: LogIndex,
+    applied: LogIndex,
+    leader_checked_term: Option<Term>,
+}
+
+/// Observes nodes after every step and remembers what was committed.
+#[derive(Clone, Debug, Default)]
+pub struct SafetyChecker {
+    leaders: BTreeMap<Term, NodeId>,
+    committed: BTreeMap<LogIndex, Term>,
+    applied_digest: BTreeMap<LogIndex, ([u8; 32], NodeId)>,
+    nodes: BTreeMap<NodeId, NodeTrack>,
+    /// Highest durable (term, vote) per node, across incarnations.
+    durable_votes: BTreeMap<NodeId, (Term, Option<NodeId>)>,
+    /// Checks performed (so a test can assert the checker ran).
+    pub observations: u64,
+}
+
+impl SafetyChecker {
+    /// A fresh checker.
+    #[must_use]
+    pub fn new() -> SafetyChecker {
+        SafetyChecker::default()
+    }
+
+    /// The committed prefix as observed so far: index -> term.
+    #[must_use]
+    pub fn committed(&self) -> &BTreeMap<LogIndex, Term> {
+        &self.committed
+    }
+
+    /// Leaders observed per term.
+    #[must_use]
+    pub fn leaders(&self) -> &BTreeMap<Term, NodeId> {
+        &self.leaders
+    }
+
+    /// A node restarted: its in-memory tracking starts over (durable checks continue).
+    pub fn on_restart(&mut self, id: NodeId) {
+        self.nodes.remove(&id);
+    }
+
+    /// Checks the durable hard state written for `id` (term and vote must never regress: a node
+    /// that voted in a term must not forget it, Raft Figure 2).
+    pub fn observe_durable(&mut self, id: NodeId, term: Term, vote: Option<NodeId>) -> Result<(), Violation> {
+        if let Some(&(t, v)) = self.durable_votes.get(&id) {
+            if term < t {
+                return Err(Violation(format!("{id}: durable term went back from {t} to {term}")));
+            }
+            if term == t && v.is_some() && vote != v {
+                return Err(Violation(format!("{id}: durable vote in {term} changed from {v:?} to {vote:?} (double vote)")));
+            }
+        }
+        self.durable_votes.insert(id, (term, vote));
+        Ok(())
+    }
+
+    /// Checks one node after it stepped. `digest` summarises its state machine.
+    pub fn observe<S: StateMachine>(&mut self, node: &RaftNode<S>, digest: impl Fn(&S) -> [u8; 32]) -> Result<(), Violation> {
+        self.observations += 1;
+        node.check_invariants();
+        let st = node.status();
+        let id = st.id;
+        let track = self.nodes.entry(id).or_default();
+        if st.term < track.term {
+            return Err(Violation(format!("{id}: term went back from {} to {}", track.term, st.term)));
+        }
+        track.term = st.term;
+        // Election safety.
+        if st.role == Role::Leader {
+            if let Some(&other) = self.leaders.get(&st.term) {
+                if other != id {
+                    return Err(Violation(format!("two leaders in {}: {other} and {id}", st.term)));
+                }
+            } else {
+                self.leaders.insert(st.term, id);
+            }
+        }
+        // Committed entries: same term everywhere, forever.
+        let log = node.log();
+        let snap = log.snapshot().meta.last;
+        let from = track.commit_checked.max(log.base().index);
+        let mut i = from.next();
+        while i <= st.commit {
+            let Some(term) = log.term(i) else {
+                return Err(Violation(format!("{id}: committed index {i} is not in its log")));
+            };
+            match self.committed.get(&i) {
+                Some(&t) if t != term => {
+                    return Err(Violation(format!("{id}: committed {i} has term {term}, but {t} was committed there before")));
+                }
+                Some(_) => {}
+                None => {
+                    self.committed.insert(i, term);
+                }
+            }
+            i = i.next();
+        }
+        if snap.index > LogIndex(0) {
+            if let Some(&t) = self.committed.get(&snap.index) {
+                if t != snap.term {
+                    return Err(Violation(format!("{id}: snapshot at {} has term {}, committed term {t}", snap.index, snap.term)));
+                }
+            }
+        }
+        let track = self.nodes.get_mut(&id).expect("inserted");
+        track.commit_checked = track.commit_checked.max(st.commit);
+        // Leader completeness: checked once per leader term, then incrementally through commits.
+        if st.role == Role::Leader && track.leader_checked_term != Some(st.term) {
+            track.leader_checked_term = Some(st.term);
+            if let Some((&max_committed, _)) = self.committed.last_key_value() {
+                if st.last.index < max_committed {
+                    return Err(Violation(format!("{id}: leader of {} lacks committed index {max_committed} (last {})", st.term, st.last.index)));
+                }
+            }
+            for (&idx, &t) in self.committed.range(log.base().index.next()..) {
+                if log.term(idx).is_some_and(|have| have != t) {
+                    return Err(Violation(format!("{id}: leader of {} holds term {:?} at committed {idx}, committed {t}", st.term, log.term(idx))));
+                }
+            }
+        }
+        // State machine safety.
+        if st.applied != track.applied {
+            track.applied = st.applied;
+            if st.applied > LogIndex(0) {
+                let d = digest(node.state_machine());
+                match self.applied_digest.get(&st.applied) {
+                    Some((other, who)) if *other != d => {
+                        return Err(Violation(format!("{id} and {who} applied up to {} but their states differ", st.applied)));
+                    }
+                    Some(_) => {}
+                    None => {
+                        self.applied_digest.insert(st.applied, (d, id));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}

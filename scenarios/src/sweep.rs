@@ -1,0 +1,129 @@
+//! Seed sweeps, shrinking of failing runs, and the replay command line a failure prints.
+
+use crate::fastsim::{Report, Sim, SimConfig, Trace};
+use std::collections::BTreeSet;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+thread_local! {
+    static PANIC_LOCATION: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+}
+
+/// Which scenario family a seed runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Family {
+    /// 5 nodes, all faults ([`SimConfig::chaos`]).
+    Chaos5,
+    /// 3 nodes, all faults.
+    Chaos3,
+}
+
+impl Family {
+    /// The configuration of `seed` in this family.
+    #[must_use]
+    pub fn config(self, seed: u64) -> SimConfig {
+        match self {
+            Family::Chaos5 => SimConfig::chaos(seed),
+            Family::Chaos3 => SimConfig { nodes: 3, clients: 3, ..SimConfig::chaos(seed) },
+        }
+    }
+
+    /// The name used on the command line.
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            Family::Chaos5 => "chaos5",
+            Family::Chaos3 => "chaos3",
+        }
+    }
+
+    /// Parses a family name.
+    #[must_use]
+    pub fn parse(s: &str) -> Option<Family> {
+        match s {
+            "chaos5" => Some(Family::Chaos5),
+            "chaos3" => Some(Family::Chaos3),
+            _ => None,
+        }
+    }
+}
+
+/// Runs one configuration, turning a panic (a broken assertion inside the core) into a failure.
+pub fn run_one(cfg: SimConfig) -> (Report, Trace) {
+    let seed = cfg.seed;
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|info| {
+        let location = info.location().map_or(String::new(), |l| format!(" at {}:{}", l.file(), l.line()));
+        PANIC_LOCATION.with(|p| *p.borrow_mut() = location);
+    }));
+    let result = catch_unwind(AssertUnwindSafe(|| Sim::new(cfg).run()));
+    std::panic::set_hook(previous);
+    match result {
+        Ok(r) => r,
+        Err(panic) => {
+            let msg = panic.downcast_ref::<String>().cloned().or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_string())).unwrap_or_else(|| "panic".into());
+            let location = PANIC_LOCATION.with(|p| p.borrow().clone());
+            (Report { seed, failure: Some(format!("panic{location}: {msg}")), ..Report::default() }, Trace::default())
+        }
+    }
+}
+
+/// The command that replays `seed` (with an optional fault mask) and prints its trace.
+#[must_use]
+pub fn replay_command(family: Family, seed: u64, mask: Option<&BTreeSet<usize>>) -> String {
+    let faults = mask.map_or(String::new(), |m| format!(" --faults {}", m.iter().map(ToString::to_string).collect::<Vec<_>>().join(",")));
+    format!("cargo run --release -p paloma-scenarios --bin paloma-sim -- replay --family {} --seed {seed}{faults}", family.name())
+}
+
+/// Shrinks a failing run by removing planned faults one at a time while it still fails
+/// (greedy delta debugging). Returns the smallest failing mask found.
+pub fn shrink(family: Family, seed: u64) -> BTreeSet<usize> {
+    let planned = Sim::new(family.config(seed)).planned_faults();
+    let mut mask: BTreeSet<usize> = (0..planned).collect();
+    let fails = |mask: &BTreeSet<usize>| {
+        let cfg = SimConfig { fault_mask: Some(mask.clone()), ..family.config(seed) };
+        run_one(cfg).0.failure.is_some()
+    };
+    if !fails(&mask) {
+        return mask;
+    }
+    let mut changed = true;
+    while changed {
+        changed = false;
+        for i in mask.clone() {
+            let mut smaller = mask.clone();
+            smaller.remove(&i);
+            if fails(&smaller) {
+                mask = smaller;
+                changed = true;
+            }
+        }
+    }
+    mask
+}
+
+/// The outcome of a sweep.
+#[derive(Clone, Debug, Default)]
+pub struct SweepResult {
+    /// Seeds that passed.
+    pub passed: u64,
+    /// Failing seeds with their reports.
+    pub failed: Vec<Report>,
+    /// Simulated seconds in total.
+    pub simulated_secs: f64,
+}
+
+/// Runs `count` seeds from `first`, calling `progress` after each.
+pub fn sweep(family: Family, first: u64, count: u64, mut progress: impl FnMut(u64, &Report)) -> SweepResult {
+    let mut out = SweepResult::default();
+    for seed in first..first + count {
+        let (report, _) = run_one(family.config(seed));
+        out.simulated_secs += report.sim_time.as_secs_f64();
+        progress(seed, &report);
+        if report.failure.is_some() {
+            out.failed.push(report);
+        } else {
+            out.passed += 1;
+        }
+    }
+    out
+}
