@@ -154,15 +154,30 @@ impl History {
 /// WGL on one register. An operation may be linearized next if it was invoked before every
 /// not-yet-linearized completed operation returned. Pending operations may take effect at any point
 /// after their invocation, or never; their results are unconstrained.
+///
+/// As in Lowe's implementation, the candidates are found by walking the time-ordered list of call
+/// and return events from the first one whose operation is not yet linearized, collecting calls
+/// until the first return: O(concurrency) per step instead of O(history).
 fn check_register(key: u8, ops: &[&Record]) -> Result<(), LinearizabilityError> {
     let n = ops.len();
     let words = n.div_ceil(64);
     let completed_total = ops.iter().filter(|r| r.ret.is_some()).count();
-    // Depth-first search with an explicit stack of (linearized set, state, completed count).
+    // (time, is_return, op): calls sort before returns at the same instant, so an operation that
+    // returned at t is concurrent with one invoked at t.
+    let mut events: Vec<(u64, bool, usize)> = Vec::with_capacity(2 * n);
+    for (i, r) in ops.iter().enumerate() {
+        events.push((r.call, false, i));
+        if let Some((t, _)) = r.ret {
+            events.push((t, true, i));
+        }
+    }
+    events.sort_unstable();
+    let is_done = |done: &[u64], i: usize| done[i / 64] & (1 << (i % 64)) != 0;
     let mut seen: HashSet<(Vec<u64>, Option<u64>)> = HashSet::new();
-    let mut stack: Vec<(Vec<u64>, Option<u64>, usize)> = vec![(vec![0; words], None, 0)];
+    // Depth-first search over (linearized set, register state, completed count, first live event).
+    let mut stack: Vec<(Vec<u64>, Option<u64>, usize, usize)> = vec![(vec![0; words], None, 0, 0)];
     let mut steps = 0u64;
-    while let Some((done, state, completed)) = stack.pop() {
+    while let Some((done, state, completed, mut head)) = stack.pop() {
         if completed == completed_total {
             return Ok(());
         }
@@ -170,25 +185,25 @@ fn check_register(key: u8, ops: &[&Record]) -> Result<(), LinearizabilityError> 
         if steps > SEARCH_STEPS_MAX {
             return Err(LinearizabilityError::Inconclusive { key });
         }
-        let is_done = |i: usize| done[i / 64] & (1 << (i % 64)) != 0;
-        let min_ret = (0..n).filter(|&i| !is_done(i)).filter_map(|i| ops[i].ret.map(|(t, _)| t)).min().unwrap_or(u64::MAX);
-        for i in 0..n {
-            if is_done(i) || ops[i].call > min_ret {
+        while head < events.len() && is_done(&done, events[head].2) {
+            head += 1;
+        }
+        for &(_, is_return, i) in &events[head..] {
+            if is_done(&done, i) {
                 continue;
             }
+            if is_return {
+                break;
+            }
             let (next_state, result) = ops[i].op.step(state);
-            let ok = match ops[i].ret {
-                Some((_, observed)) => observed == result,
-                None => true,
-            };
-            if !ok {
+            if ops[i].ret.is_some_and(|(_, observed)| observed != result) {
                 continue;
             }
             let mut next_done = done.clone();
             next_done[i / 64] |= 1 << (i % 64);
             let next_completed = completed + usize::from(ops[i].ret.is_some());
             if seen.insert((next_done.clone(), next_state)) {
-                stack.push((next_done, next_state, next_completed));
+                stack.push((next_done, next_state, next_completed, head));
             }
         }
     }

@@ -87,6 +87,12 @@ pub enum Fault {
         /// Receiver.
         to: NodeId,
     },
+    /// Whoever leads at that moment crashes (right after proposals: Figure 8's crash version) and
+    /// restarts after `down_for`.
+    CrashLeader {
+        /// Downtime.
+        down_for: Duration,
+    },
     /// `node` crashes and restarts after `down_for`.
     Crash {
         /// The node.
@@ -142,9 +148,11 @@ impl FaultPlan {
                 Fault::Bridge { bridge, left: shuffled[1..1 + half].to_vec(), right: shuffled[1 + half..].to_vec() }
             } else if f.partitions && roll < 70 {
                 Fault::OneWay { from: shuffled[0], to: shuffled[1] }
-            } else if f.crashes {
+            } else if f.crashes && roll < 85 {
                 let down_for = Duration::from_millis(100 + rng.below(3000));
                 Fault::Crash { node: shuffled[0], down_for }
+            } else if f.crashes {
+                Fault::CrashLeader { down_for: Duration::from_millis(100 + rng.below(2000)) }
             } else {
                 Fault::Heal
             };

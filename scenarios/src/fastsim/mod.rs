@@ -154,6 +154,8 @@ struct SimNode {
     incarnation: u64,
     timer_generation: u64,
     drift_ppm: i64,
+    /// (global, local) nanoseconds at the last drift change: the clock is continuous across it.
+    clock_base: (u64, u64),
 }
 
 #[derive(Debug, Clone)]
@@ -198,6 +200,7 @@ pub struct Sim {
     healed_at: Option<u64>,
     healed_ops: (usize, usize),
     workload: bool,
+    reads_served: Vec<(NodeId, ReadId, LogIndex)>,
 }
 
 impl std::fmt::Debug for Sim {
@@ -226,7 +229,7 @@ impl Sim {
             let recovered = if id.0 <= cfg.nodes { Recovered::bootstrap(voters.iter().copied()) } else { Recovered::default() };
             nodes.insert(
                 id,
-                SimNode { raft: None, disk: MemStorage::new(recovered), disk_queue: VecDeque::new(), disk_busy_until: 0, incarnation: 0, timer_generation: 0, drift_ppm },
+                SimNode { raft: None, disk: MemStorage::new(recovered), disk_queue: VecDeque::new(), disk_busy_until: 0, incarnation: 0, timer_generation: 0, drift_ppm, clock_base: (0, 0) },
             );
         }
         let clients = (0..cfg.clients)
@@ -254,6 +257,7 @@ impl Sim {
             healed_at: None,
             healed_ops: (0, 0),
             workload: true,
+            reads_served: Vec::new(),
         };
         for id in all {
             sim.start_node(id);
@@ -280,10 +284,15 @@ fn dur_nanos(d: Duration) -> u64 {
 impl Sim {
     // ----- running ------------------------------------------------------------------------------
 
-    /// Runs the chaos phase and the liveness phase, checking everything; returns the report.
+    /// Runs (what remains of) the chaos phase and the liveness phase, checking everything; returns
+    /// the report. Scripted scenarios drive the first part themselves, then call this.
     pub fn run(mut self) -> (Report, Trace) {
         let end = dur_nanos(self.cfg.chaos + self.cfg.liveness);
         let result = self.run_until(end).and_then(|()| self.check_end());
+        self.conclude(result)
+    }
+
+    fn conclude(mut self, result: Result<(), Violation>) -> (Report, Trace) {
         if let Err(v) = result {
             self.report.failure = Some(v.0.clone());
             self.trace.line(self.now, format_args!("FAILED: {}", v.0));
@@ -347,7 +356,7 @@ impl Sim {
             }
             Ev::Fault(i) => {
                 let fault = self.plan.events[i].1.clone();
-                self.inject(fault)
+                self.inject_fault(fault)
             }
             Ev::Restart { node } => self.restart(node),
             Ev::EndChaos => self.heal_all(),
@@ -355,16 +364,20 @@ impl Sim {
     }
 
     fn local_now(&self, id: NodeId) -> Instant {
-        let ppm = self.nodes[&id].drift_ppm;
-        let local = i128::from(self.now) + i128::from(self.now) * i128::from(ppm) / 1_000_000;
+        let n = &self.nodes[&id];
+        let (base_g, base_l) = n.clock_base;
+        let elapsed = i128::from(self.now.saturating_sub(base_g));
+        let local = i128::from(base_l) + elapsed + elapsed * i128::from(n.drift_ppm) / 1_000_000;
         Instant::from_nanos(u64::try_from(local.max(0)).unwrap_or(u64::MAX))
     }
 
     fn to_global(&self, id: NodeId, local: Instant) -> u64 {
-        let ppm = i128::from(self.nodes[&id].drift_ppm);
-        let l = i128::from(local.as_nanos());
+        let n = &self.nodes[&id];
+        let (base_g, base_l) = n.clock_base;
+        let ppm = i128::from(n.drift_ppm);
+        let l = i128::from(local.as_nanos()) - i128::from(base_l);
         // Smallest global time whose local time is at least `local`.
-        let g = (l * 1_000_000 + (1_000_000 + ppm) - 1) / (1_000_000 + ppm);
+        let g = i128::from(base_g) + (l * 1_000_000 + (1_000_000 + ppm) - 1) / (1_000_000 + ppm);
         u64::try_from(g.max(0)).unwrap_or(u64::MAX)
     }
 
@@ -469,7 +482,8 @@ impl Sim {
 
     // ----- faults ---------------------------------------------------------------------------------
 
-    fn inject(&mut self, fault: Fault) -> Result<(), Violation> {
+    /// Injects `fault` now.
+    pub fn inject_fault(&mut self, fault: Fault) -> Result<(), Violation> {
         self.trace.line(self.now, format_args!("FAULT {fault:?}"));
         match fault {
             Fault::Heal => self.blocked.clear(),
@@ -503,6 +517,12 @@ impl Sim {
             Fault::OneWay { from, to } => {
                 self.report.partitions += 1;
                 self.blocked.insert((from, to));
+            }
+            Fault::CrashLeader { down_for } => {
+                if let Some(node) = self.leader() {
+                    self.crash(node);
+                    self.schedule(self.now + dur_nanos(down_for), Ev::Restart { node });
+                }
             }
             Fault::Crash { node, down_for } => {
                 self.crash(node);
@@ -579,7 +599,7 @@ impl Sim {
 
     /// Cuts the network into `groups` (nodes not listed are isolated).
     pub fn partition(&mut self, groups: Vec<Vec<NodeId>>) -> Result<(), Violation> {
-        self.inject(Fault::Partition { groups })
+        self.inject_fault(Fault::Partition { groups })
     }
 
     /// Heals every partition.
@@ -619,7 +639,12 @@ impl Sim {
 
     /// Sets a node's clock drift in parts per million (positive: its clock runs fast).
     pub fn set_drift(&mut self, id: NodeId, ppm: i64) {
-        self.nodes.get_mut(&id).expect("node").drift_ppm = ppm;
+        assert!(ppm > -1_000_000, "a clock must move forward");
+        let local = self.local_now(id).as_nanos();
+        let now = self.now;
+        let n = self.nodes.get_mut(&id).expect("node");
+        n.clock_base = (now, local);
+        n.drift_ppm = ppm;
         self.arm_timer(id);
     }
 
@@ -639,6 +664,23 @@ impl Sim {
     #[must_use]
     pub fn history(&self) -> &History {
         &self.history
+    }
+
+    /// The client history, for scripted operations a scenario records itself.
+    pub fn history_mut(&mut self) -> &mut History {
+        &mut self.history
+    }
+
+    /// Every `ReadReady` any node emitted: (node, read, index).
+    #[must_use]
+    pub fn reads_served(&self) -> &[(NodeId, ReadId, LogIndex)] {
+        &self.reads_served
+    }
+
+    /// The report so far (counters are complete only after `run`).
+    #[must_use]
+    pub fn report(&self) -> &Report {
+        &self.report
     }
 
     /// The trace so far.
@@ -752,7 +794,8 @@ impl Sim {
                 }
                 self.finish_op(c);
             }
-            Event::ReadReady { id, .. } => {
+            Event::ReadReady { id, index } => {
+                self.reads_served.push((node, id, index));
                 let Some(c) = self.clients.iter().position(|x| matches!(x.pending, Some((_, Attempt::Read { read, .. })) if read == id)) else { return Ok(()) };
                 let Some((op, Attempt::Read { key, .. })) = self.clients[c].pending.clone() else { return Ok(()) };
                 let value = self.nodes[&node].raft.as_ref().expect("live").state_machine().get(key);
@@ -797,10 +840,13 @@ impl Sim {
                 return Err(Violation(format!("liveness: only {} writes and {} reads completed after healing", self.healed_ops.0, self.healed_ops.1)));
             }
             let leader = leaders[0].0;
-            let commit = self.node(leader).expect("live").status().commit;
+            let lead_status = self.node(leader).expect("live").status();
+            let commit = lead_status.commit;
+            // Members of the leader's configuration must catch up. A removed node may never learn
+            // of its removal (thesis §4.2.2) and is not expected to.
             for (id, n) in &self.nodes {
                 let st = n.raft.as_ref().expect("all restarted").status();
-                if st.membership.contains(*id) && st.commit.0 + 64 < commit.0 {
+                if lead_status.membership.contains(*id) && st.commit.0 + 64 < commit.0 {
                     return Err(Violation(format!("liveness: {id} still at commit {} while the leader is at {}", st.commit, commit)));
                 }
             }
@@ -817,6 +863,5 @@ impl Sim {
         let reads = self.history.completed_reads();
         self.report.ops = (self.history.completed() - reads, reads, pending);
         self.report.snapshots_installed = self.nodes.values().filter_map(|n| n.raft.as_ref()).map(|r| r.stats().snapshots_installed).sum();
-        let _ = LogIndex(0);
     }
 }

@@ -1,0 +1,35 @@
+//! Seed sweeps of the fast simulator under plain `cargo test`. CI runs a few hundred seeds of each
+//! family; `PALOMA_SWEEP_SEEDS=10000` (or the `paloma-sim sweep` command) runs more.
+
+use paloma_scenarios::sweep::{replay_command, shrink, sweep, Family};
+
+fn seeds() -> u64 {
+    std::env::var("PALOMA_SWEEP_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(150)
+}
+
+fn first() -> u64 {
+    std::env::var("PALOMA_SWEEP_FIRST").ok().and_then(|s| s.parse().ok()).unwrap_or(1)
+}
+
+fn run(family: Family) {
+    let count = seeds();
+    let result = sweep(family, first(), count, |_, _| {});
+    let mut failures = String::new();
+    for report in &result.failed {
+        let mask = shrink(family, report.seed);
+        failures.push_str(&format!("{}\n  shrunk to faults {mask:?}; replay: {}\n", report.summary(), replay_command(family, report.seed, Some(&mask))));
+    }
+    println!("{}: {} passed, {} failed ({:.0} simulated seconds)", family.name(), result.passed, result.failed.len(), result.simulated_secs);
+    assert!(result.failed.is_empty(), "{} of {count} seeds failed:\n{failures}", result.failed.len());
+    assert_eq!(result.passed, count);
+}
+
+#[test]
+fn sweep_chaos5() {
+    run(Family::Chaos5);
+}
+
+#[test]
+fn sweep_chaos3() {
+    run(Family::Chaos3);
+}
