@@ -15,6 +15,8 @@ pub enum Family {
     Chaos5,
     /// 3 nodes, all faults.
     Chaos3,
+    /// 3 voters and 3 spares, all faults plus membership changes (add, promote, remove).
+    Membership,
 }
 
 impl Family {
@@ -24,6 +26,10 @@ impl Family {
         match self {
             Family::Chaos5 => SimConfig::chaos(seed),
             Family::Chaos3 => SimConfig { nodes: 3, clients: 3, ..SimConfig::chaos(seed) },
+            Family::Membership => {
+                let base = SimConfig::chaos(seed);
+                SimConfig { nodes: 3, spares: 3, clients: 3, faults: crate::fastsim::Faults { membership: true, ..base.faults.clone() }, ..base }
+            }
         }
     }
 
@@ -33,6 +39,7 @@ impl Family {
         match self {
             Family::Chaos5 => "chaos5",
             Family::Chaos3 => "chaos3",
+            Family::Membership => "membership",
         }
     }
 
@@ -42,6 +49,7 @@ impl Family {
         match s {
             "chaos5" => Some(Family::Chaos5),
             "chaos3" => Some(Family::Chaos3),
+            "membership" => Some(Family::Membership),
             _ => None,
         }
     }
@@ -49,15 +57,24 @@ impl Family {
 
 /// Runs one configuration, turning a panic (a broken assertion inside the core) into a failure.
 pub fn run_one(cfg: SimConfig) -> (Report, Trace) {
-    let seed = cfg.seed;
     let previous = std::panic::take_hook();
+    install_quiet_hook();
+    let result = run_caught(cfg);
+    std::panic::set_hook(previous);
+    result
+}
+
+/// Replaces the panic hook with one that only records where the panic happened (per thread).
+fn install_quiet_hook() {
     std::panic::set_hook(Box::new(|info| {
         let location = info.location().map_or(String::new(), |l| format!(" at {}:{}", l.file(), l.line()));
         PANIC_LOCATION.with(|p| *p.borrow_mut() = location);
     }));
-    let result = catch_unwind(AssertUnwindSafe(|| Sim::new(cfg).run()));
-    std::panic::set_hook(previous);
-    match result {
+}
+
+fn run_caught(cfg: SimConfig) -> (Report, Trace) {
+    let seed = cfg.seed;
+    match catch_unwind(AssertUnwindSafe(|| Sim::new(cfg).run())) {
         Ok(r) => r,
         Err(panic) => {
             let msg = panic.downcast_ref::<String>().cloned().or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_string())).unwrap_or_else(|| "panic".into());
@@ -112,18 +129,43 @@ pub struct SweepResult {
     pub simulated_secs: f64,
 }
 
-/// Runs `count` seeds from `first`, calling `progress` after each.
-pub fn sweep(family: Family, first: u64, count: u64, mut progress: impl FnMut(u64, &Report)) -> SweepResult {
+/// Runs `count` seeds from `first` on `jobs` threads, calling `progress` after each seed (from the
+/// thread that ran it). Results do not depend on `jobs`: every seed is its own world.
+pub fn sweep(family: Family, first: u64, count: u64, jobs: usize, progress: impl Fn(u64, &Report) + Sync) -> SweepResult {
+    let previous = std::panic::take_hook();
+    install_quiet_hook();
+    let jobs = jobs.max(1) as u64;
+    let per_thread: Vec<SweepResult> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..jobs)
+            .map(|k| {
+                let progress = &progress;
+                scope.spawn(move || {
+                    let mut out = SweepResult::default();
+                    let mut seed = first + k;
+                    while seed < first + count {
+                        let (report, _) = run_caught(family.config(seed));
+                        out.simulated_secs += report.sim_time.as_secs_f64();
+                        progress(seed, &report);
+                        if report.failure.is_some() {
+                            out.failed.push(report);
+                        } else {
+                            out.passed += 1;
+                        }
+                        seed += jobs;
+                    }
+                    out
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().expect("sweep thread")).collect()
+    });
+    std::panic::set_hook(previous);
     let mut out = SweepResult::default();
-    for seed in first..first + count {
-        let (report, _) = run_one(family.config(seed));
-        out.simulated_secs += report.sim_time.as_secs_f64();
-        progress(seed, &report);
-        if report.failure.is_some() {
-            out.failed.push(report);
-        } else {
-            out.passed += 1;
-        }
+    for r in per_thread {
+        out.passed += r.passed;
+        out.failed.extend(r.failed);
+        out.simulated_secs += r.simulated_secs;
     }
+    out.failed.sort_by_key(|r| r.seed);
     out
 }

@@ -13,7 +13,7 @@ fn first() -> u64 {
 
 fn run(family: Family) {
     let count = seeds();
-    let result = sweep(family, first(), count, |_, _| {});
+    let result = sweep(family, first(), count, 1, |_, _| {});
     let mut failures = String::new();
     for report in &result.failed {
         let mask = shrink(family, report.seed);
@@ -32,4 +32,9 @@ fn sweep_chaos5() {
 #[test]
 fn sweep_chaos3() {
     run(Family::Chaos3);
+}
+
+#[test]
+fn sweep_membership() {
+    run(Family::Membership);
 }

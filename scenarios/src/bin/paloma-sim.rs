@@ -1,7 +1,7 @@
 //! `paloma-sim`: watch a simulated chaos run of the Raft cluster, sweep seeds, replay a failure.
 //!
 //! ```text
-//! paloma-sim watch [--seed N] [--family chaos5|chaos3]     one run with its trace and a summary
+//! paloma-sim watch [--seed N] [--family chaos5|chaos3|membership]     one run with its trace and a summary
 //! paloma-sim sweep [--seeds N] [--first S] [--family F]    N seeds, ends with "N passed, M failed"
 //! paloma-sim replay --seed S [--faults 1,4] [--family F]   re-run a seed (with a shrunk fault mask)
 //! ```
@@ -39,6 +39,9 @@ enum Cmd {
         first: u64,
         #[arg(long, default_value = "chaos5")]
         family: String,
+        /// Threads (seeds are independent, results do not depend on this).
+        #[arg(long, default_value_t = 1)]
+        jobs: usize,
     },
     /// Replay one seed, optionally with only some of its planned faults.
     Replay {
@@ -53,7 +56,7 @@ enum Cmd {
 }
 
 fn family(name: &str) -> Result<Family, String> {
-    Family::parse(name).ok_or_else(|| format!("unknown family {name:?} (expected chaos5 or chaos3)"))
+    Family::parse(name).ok_or_else(|| format!("unknown family {name:?} (expected chaos5, chaos3 or membership)"))
 }
 
 fn main() -> ExitCode {
@@ -66,7 +69,7 @@ fn main() -> ExitCode {
                 .transpose()?;
             Ok(watch(f, seed, mask, false))
         }),
-        Cmd::Sweep { seeds, first, family: f } => family(&f).map(|f| run_sweep(f, first, seeds)),
+        Cmd::Sweep { seeds, first, family: f, jobs } => family(&f).map(|f| run_sweep(f, first, seeds, jobs)),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,
@@ -98,16 +101,17 @@ fn watch(family: Family, seed: u64, mask: Option<BTreeSet<usize>>, quiet: bool) 
     true
 }
 
-fn run_sweep(family: Family, first: u64, count: u64) -> bool {
+fn run_sweep(family: Family, first: u64, count: u64, jobs: usize) -> bool {
     #[allow(clippy::disallowed_methods)] // wall time only for the progress display
     let start = std::time::Instant::now();
-    let result = sweep(family, first, count, |seed, report| {
+    let done = std::sync::atomic::AtomicU64::new(0);
+    let result = sweep(family, first, count, jobs, |_, report| {
         if report.failure.is_some() {
             println!("FAIL {}", report.summary());
         }
-        let done = seed - first + 1;
-        if done % 1000 == 0 {
-            eprintln!("{done}/{count} seeds, {:.1}s", start.elapsed().as_secs_f64());
+        let n = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        if n % 1000 == 0 {
+            eprintln!("{n}/{count} seeds, {:.1}s", start.elapsed().as_secs_f64());
         }
     });
     let wall = start.elapsed().as_secs_f64();

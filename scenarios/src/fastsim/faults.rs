@@ -32,6 +32,8 @@ pub struct Faults {
     pub torn_writes: bool,
     /// Largest clock drift of a node, either way, in parts per million.
     pub drift_ppm_max: u32,
+    /// Plan membership changes (needs spare nodes to add).
+    pub membership: bool,
 }
 
 impl Default for Faults {
@@ -49,6 +51,7 @@ impl Default for Faults {
             crashes: true,
             torn_writes: true,
             drift_ppm_max: 100_000,
+            membership: false,
         }
     }
 }
@@ -93,6 +96,12 @@ pub enum Fault {
         /// Downtime.
         down_for: Duration,
     },
+    /// The leader, if any, makes the next single-server membership change it can: add a spare as a
+    /// learner, promote a caught-up learner, or remove a voter while more than three remain.
+    Reconfigure {
+        /// Picks among the possible changes.
+        choice: u64,
+    },
     /// `node` crashes and restarts after `down_for`.
     Crash {
         /// The node.
@@ -110,9 +119,10 @@ pub struct FaultPlan {
 }
 
 impl FaultPlan {
-    /// Draws a plan for `voters` over `chaos`.
+    /// Draws a plan over `chaos` for `nodes`.
     #[must_use]
-    pub fn generate(f: &Faults, voters: &[NodeId], chaos: Duration, rng: &mut DetRng) -> FaultPlan {
+    pub fn generate(f: &Faults, nodes: &[NodeId], chaos: Duration, rng: &mut DetRng) -> FaultPlan {
+        let voters = nodes;
         let mut events = Vec::new();
         let end = u64::try_from(chaos.as_nanos()).unwrap_or(u64::MAX);
         let (lo, hi) = (f.interval_min.as_nanos() as u64, f.interval_max.as_nanos() as u64);
@@ -131,6 +141,10 @@ impl FaultPlan {
                 shuffled.swap(i, j);
             }
             let roll = rng.below(100);
+            if f.membership && rng.below(100) < 30 {
+                events.push((t, Fault::Reconfigure { choice: rng.next_u64() }));
+                continue;
+            }
             let fault = if f.partitions && roll < 20 {
                 Fault::Heal
             } else if f.partitions && roll < 35 {

@@ -17,7 +17,7 @@ use crate::check::{SafetyChecker, Violation};
 use crate::history::{History, KvOp, OpId};
 use crate::kv::{decode_response, Kv, KvCommand};
 use paloma_core::io::{Event, Input, Output, Role};
-use paloma_core::raft::{Config, Envelope, ProposeError, RaftNode};
+use paloma_core::raft::{Config, Envelope, MembershipChange, ProposeError, RaftNode};
 use paloma_core::rng::DetRng;
 use paloma_core::storage::{MemStorage, PersistBatch, Recovered};
 use paloma_core::{ClientId, Instant, LogIndex, NodeId, ReadId};
@@ -201,6 +201,8 @@ pub struct Sim {
     healed_ops: (usize, usize),
     workload: bool,
     reads_served: Vec<(NodeId, ReadId, LogIndex)>,
+    /// Nodes whose removal was proposed (they are never added again).
+    removed: BTreeSet<NodeId>,
 }
 
 impl std::fmt::Debug for Sim {
@@ -216,7 +218,8 @@ impl Sim {
         let mut fault_rng = DetRng::fork(cfg.seed, "faults");
         let voters: Vec<NodeId> = (1..=cfg.nodes).map(NodeId).collect();
         let all: Vec<NodeId> = (1..=cfg.nodes + cfg.spares).map(NodeId).collect();
-        let plan = FaultPlan::generate(&cfg.faults, &voters, cfg.chaos, &mut fault_rng);
+        // Faults hit every node, spares included: they may have become voters by then.
+        let plan = FaultPlan::generate(&cfg.faults, &all, cfg.chaos, &mut fault_rng);
         let mut drift_rng = DetRng::fork(cfg.seed, "drift");
         let mut nodes = BTreeMap::new();
         for &id in &all {
@@ -258,6 +261,7 @@ impl Sim {
             healed_ops: (0, 0),
             workload: true,
             reads_served: Vec::new(),
+            removed: BTreeSet::new(),
         };
         for id in all {
             sim.start_node(id);
@@ -518,6 +522,7 @@ impl Sim {
                 self.report.partitions += 1;
                 self.blocked.insert((from, to));
             }
+            Fault::Reconfigure { choice } => self.reconfigure(choice)?,
             Fault::CrashLeader { down_for } => {
                 if let Some(node) = self.leader() {
                     self.crash(node);
@@ -528,6 +533,32 @@ impl Sim {
                 self.crash(node);
                 self.schedule(self.now + dur_nanos(down_for), Ev::Restart { node });
             }
+        }
+        Ok(())
+    }
+
+    fn reconfigure(&mut self, choice: u64) -> Result<(), Violation> {
+        let Some(leader) = self.leader() else { return Ok(()) };
+        let m = self.node(leader).expect("live").status().membership;
+        let all: Vec<NodeId> = self.nodes.keys().copied().collect();
+        let spares: Vec<NodeId> = all.iter().copied().filter(|id| !m.contains(*id) && !self.removed.contains(id)).collect();
+        let learners: Vec<NodeId> = m.learners.iter().copied().collect();
+        let voters: Vec<NodeId> = m.voters.iter().copied().collect();
+        let mut options = Vec::new();
+        options.extend(spares.iter().map(|id| MembershipChange::AddLearner(*id)));
+        options.extend(learners.iter().map(|id| MembershipChange::Promote(*id)));
+        if voters.len() > 3 {
+            options.extend(voters.iter().map(|id| MembershipChange::Remove(*id)));
+        }
+        if options.is_empty() {
+            return Ok(());
+        }
+        let change = options[(choice % options.len() as u64) as usize];
+        let result = self.with_node(leader, |n, now, unix_ms| n.change_membership(now, unix_ms, change))?;
+        self.trace.line(self.now, format_args!("{leader} proposes {change:?}: {result:?}"));
+        if let (Ok(_), MembershipChange::Remove(id)) = (result, change) {
+            // Node ids are never reused (etcd README): a removed node never comes back as a member.
+            self.removed.insert(id);
         }
         Ok(())
     }
@@ -767,10 +798,10 @@ impl Sim {
     }
 
     fn retry_elsewhere(&mut self, c: usize, hint: Option<NodeId>) -> Result<(), Violation> {
-        let voters = self.cfg.nodes;
+        let nodes = self.cfg.nodes + self.cfg.spares;
         let next = match hint {
             Some(l) if l != self.clients[c].target => l,
-            _ => NodeId(1 + self.client_rng.below(voters)),
+            _ => NodeId(1 + self.client_rng.below(nodes)),
         };
         self.clients[c].target = next;
         let at = self.now + 20_000_000 + self.client_rng.below(30_000_000);
