@@ -29,9 +29,18 @@ impl StateMachine for LastCommand {
 /// a whole-input frame if that fails) and steps a follower of a three-node cluster with them,
 /// acknowledging every persist, checking invariants after each step. Must never panic.
 pub fn raft_frames(data: &[u8]) {
-    let cfg = Config { id: NodeId(2), ..Config::default() };
-    let mut node = RaftNode::new(cfg, Recovered::bootstrap([NodeId(1), NodeId(2), NodeId(3)]), LastCommand::default(), 0, Instant::ZERO)
-        .expect("valid bootstrap");
+    let cfg = Config {
+        id: NodeId(2),
+        ..Config::default()
+    };
+    let mut node = RaftNode::new(
+        cfg,
+        Recovered::bootstrap([NodeId(1), NodeId(2), NodeId(3)]),
+        LastCommand::default(),
+        0,
+        Instant::ZERO,
+    )
+    .expect("valid bootstrap");
     let mut now = Instant::ZERO;
     let mut rest = data;
     let mut frames = Vec::new();

@@ -20,7 +20,9 @@ impl DetRng {
         let mut hasher = blake3::Hasher::new_derive_key("paloma 2026-11 rng fork v1");
         hasher.update(&seed.to_le_bytes());
         hasher.update(subsystem.as_bytes());
-        DetRng { inner: ChaCha8Rng::from_seed(*hasher.finalize().as_bytes()) }
+        DetRng {
+            inner: ChaCha8Rng::from_seed(*hasher.finalize().as_bytes()),
+        }
     }
 
     /// A uniformly distributed `u64`.

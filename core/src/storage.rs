@@ -106,7 +106,11 @@ pub fn apply_op(state: &mut Recovered, op: &PersistOp) {
         PersistOp::Truncate { from } => state.entries.retain(|e| e.index() < *from),
         PersistOp::Append(entries) => {
             if let (Some(first), Some(last)) = (entries.first(), state.entries.last()) {
-                assert_eq!(first.index(), last.index().next(), "append must be contiguous");
+                assert_eq!(
+                    first.index(),
+                    last.index().next(),
+                    "append must be contiguous"
+                );
             }
             state.entries.extend(entries.iter().cloned());
         }

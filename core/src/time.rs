@@ -53,7 +53,13 @@ mod tests {
 
     #[test]
     fn add_saturates() {
-        assert_eq!(Instant::from_nanos(u64::MAX - 1) + Duration::from_secs(1), Instant::from_nanos(u64::MAX));
-        assert_eq!(Instant::from_millis(5).saturating_duration_since(Instant::from_millis(7)), Duration::ZERO);
+        assert_eq!(
+            Instant::from_nanos(u64::MAX - 1) + Duration::from_secs(1),
+            Instant::from_nanos(u64::MAX)
+        );
+        assert_eq!(
+            Instant::from_millis(5).saturating_duration_since(Instant::from_millis(7)),
+            Duration::ZERO
+        );
     }
 }

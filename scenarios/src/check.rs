@@ -71,13 +71,22 @@ impl SafetyChecker {
 
     /// Checks the durable hard state written for `id` (term and vote must never regress: a node
     /// that voted in a term must not forget it, Raft Figure 2).
-    pub fn observe_durable(&mut self, id: NodeId, term: Term, vote: Option<NodeId>) -> Result<(), Violation> {
+    pub fn observe_durable(
+        &mut self,
+        id: NodeId,
+        term: Term,
+        vote: Option<NodeId>,
+    ) -> Result<(), Violation> {
         if let Some(&(t, v)) = self.durable_votes.get(&id) {
             if term < t {
-                return Err(Violation(format!("{id}: durable term went back from {t} to {term}")));
+                return Err(Violation(format!(
+                    "{id}: durable term went back from {t} to {term}"
+                )));
             }
             if term == t && v.is_some() && vote != v {
-                return Err(Violation(format!("{id}: durable vote in {term} changed from {v:?} to {vote:?} (double vote)")));
+                return Err(Violation(format!(
+                    "{id}: durable vote in {term} changed from {v:?} to {vote:?} (double vote)"
+                )));
             }
         }
         self.durable_votes.insert(id, (term, vote));
@@ -85,21 +94,31 @@ impl SafetyChecker {
     }
 
     /// Checks one node after it stepped. `digest` summarises its state machine.
-    pub fn observe<S: StateMachine>(&mut self, node: &RaftNode<S>, digest: impl Fn(&S) -> [u8; 32]) -> Result<(), Violation> {
+    pub fn observe<S: StateMachine>(
+        &mut self,
+        node: &RaftNode<S>,
+        digest: impl Fn(&S) -> [u8; 32],
+    ) -> Result<(), Violation> {
         self.observations += 1;
         node.check_invariants();
         let st = node.status();
         let id = st.id;
         let track = self.nodes.entry(id).or_default();
         if st.term < track.term {
-            return Err(Violation(format!("{id}: term went back from {} to {}", track.term, st.term)));
+            return Err(Violation(format!(
+                "{id}: term went back from {} to {}",
+                track.term, st.term
+            )));
         }
         track.term = st.term;
         // Election safety.
         if st.role == Role::Leader {
             if let Some(&other) = self.leaders.get(&st.term) {
                 if other != id {
-                    return Err(Violation(format!("two leaders in {}: {other} and {id}", st.term)));
+                    return Err(Violation(format!(
+                        "two leaders in {}: {other} and {id}",
+                        st.term
+                    )));
                 }
             } else {
                 self.leaders.insert(st.term, id);
@@ -112,11 +131,15 @@ impl SafetyChecker {
         let mut i = from.next();
         while i <= st.commit {
             let Some(term) = log.term(i) else {
-                return Err(Violation(format!("{id}: committed index {i} is not in its log")));
+                return Err(Violation(format!(
+                    "{id}: committed index {i} is not in its log"
+                )));
             };
             match self.committed.get(&i) {
                 Some(&t) if t != term => {
-                    return Err(Violation(format!("{id}: committed {i} has term {term}, but {t} was committed there before")));
+                    return Err(Violation(format!(
+                        "{id}: committed {i} has term {term}, but {t} was committed there before"
+                    )));
                 }
                 Some(_) => {}
                 None => {
@@ -128,7 +151,10 @@ impl SafetyChecker {
         if snap.index > LogIndex(0) {
             if let Some(&t) = self.committed.get(&snap.index) {
                 if t != snap.term {
-                    return Err(Violation(format!("{id}: snapshot at {} has term {}, committed term {t}", snap.index, snap.term)));
+                    return Err(Violation(format!(
+                        "{id}: snapshot at {} has term {}, committed term {t}",
+                        snap.index, snap.term
+                    )));
                 }
             }
         }
@@ -139,12 +165,19 @@ impl SafetyChecker {
             track.leader_checked_term = Some(st.term);
             if let Some((&max_committed, _)) = self.committed.last_key_value() {
                 if st.last.index < max_committed {
-                    return Err(Violation(format!("{id}: leader of {} lacks committed index {max_committed} (last {})", st.term, st.last.index)));
+                    return Err(Violation(format!(
+                        "{id}: leader of {} lacks committed index {max_committed} (last {})",
+                        st.term, st.last.index
+                    )));
                 }
             }
             for (&idx, &t) in self.committed.range(log.base().index.next()..) {
                 if log.term(idx).is_some_and(|have| have != t) {
-                    return Err(Violation(format!("{id}: leader of {} holds term {:?} at committed {idx}, committed {t}", st.term, log.term(idx))));
+                    return Err(Violation(format!(
+                        "{id}: leader of {} holds term {:?} at committed {idx}, committed {t}",
+                        st.term,
+                        log.term(idx)
+                    )));
                 }
             }
         }
@@ -155,7 +188,10 @@ impl SafetyChecker {
                 let d = digest(node.state_machine());
                 match self.applied_digest.get(&st.applied) {
                     Some((other, who)) if *other != d => {
-                        return Err(Violation(format!("{id} and {who} applied up to {} but their states differ", st.applied)));
+                        return Err(Violation(format!(
+                            "{id} and {who} applied up to {} but their states differ",
+                            st.applied
+                        )));
                     }
                     Some(_) => {}
                     None => {

@@ -45,7 +45,9 @@ impl KvOp {
     fn step(&self, state: Option<u64>) -> (Option<u64>, Option<u64>) {
         match *self {
             KvOp::Put { value, .. } => (Some(value), state),
-            KvOp::Cas { expected, new, .. } => (if state == expected { Some(new) } else { state }, state),
+            KvOp::Cas { expected, new, .. } => {
+                (if state == expected { Some(new) } else { state }, state)
+            }
             KvOp::Get { .. } => (state, state),
         }
     }
@@ -90,8 +92,12 @@ pub enum LinearizabilityError {
 impl std::fmt::Display for LinearizabilityError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            LinearizabilityError::Violation { key, ops } => write!(f, "not linearizable on key {key}:\n{ops}"),
-            LinearizabilityError::Inconclusive { key } => write!(f, "linearizability search budget exhausted on key {key}"),
+            LinearizabilityError::Violation { key, ops } => {
+                write!(f, "not linearizable on key {key}:\n{ops}")
+            }
+            LinearizabilityError::Inconclusive { key } => {
+                write!(f, "linearizability search budget exhausted on key {key}")
+            }
         }
     }
 }
@@ -102,7 +108,12 @@ const SEARCH_STEPS_MAX: u64 = 2_000_000;
 impl History {
     /// Records an invocation at time `at`.
     pub fn invoke(&mut self, client: u64, op: KvOp, at: u64) -> OpId {
-        self.records.push(Record { client, op, call: at, ret: None });
+        self.records.push(Record {
+            client,
+            op,
+            call: at,
+            ret: None,
+        });
         OpId(self.records.len() - 1)
     }
 
@@ -135,7 +146,10 @@ impl History {
     /// Completed reads.
     #[must_use]
     pub fn completed_reads(&self) -> usize {
-        self.records.iter().filter(|r| r.ret.is_some() && matches!(r.op, KvOp::Get { .. })).count()
+        self.records
+            .iter()
+            .filter(|r| r.ret.is_some() && matches!(r.op, KvOp::Get { .. }))
+            .count()
     }
 
     /// Checks the whole history, key by key.
@@ -211,8 +225,15 @@ fn check_register(key: u8, ops: &[&Record]) -> Result<(), LinearizabilityError> 
     let mut sorted: Vec<&&Record> = ops.iter().collect();
     sorted.sort_by_key(|r| r.call);
     for r in sorted {
-        let ret = r.ret.map_or("pending".to_string(), |(t, v)| format!("ret {:.3}s -> {v:?}", t as f64 / 1e9));
-        lines.push_str(&format!("  client {} call {:.3}s {:?} {ret}\n", r.client, r.call as f64 / 1e9, r.op));
+        let ret = r.ret.map_or("pending".to_string(), |(t, v)| {
+            format!("ret {:.3}s -> {v:?}", t as f64 / 1e9)
+        });
+        lines.push_str(&format!(
+            "  client {} call {:.3}s {:?} {ret}\n",
+            r.client,
+            r.call as f64 / 1e9,
+            r.op
+        ));
     }
     Err(LinearizabilityError::Violation { key, ops: lines })
 }
@@ -235,7 +256,10 @@ mod tests {
         // A read that starts after the second put returned must not see the first value.
         let d = h.invoke(2, KvOp::Get { key: 1 }, 13);
         h.complete(d, Some(10), 14);
-        assert!(matches!(h.check_linearizable(), Err(LinearizabilityError::Violation { key: 1, .. })));
+        assert!(matches!(
+            h.check_linearizable(),
+            Err(LinearizabilityError::Violation { key: 1, .. })
+        ));
     }
 
     #[test]
@@ -268,8 +292,24 @@ mod tests {
     #[test]
     fn cas_first_writer_wins() {
         let mut h = History::default();
-        let a = h.invoke(1, KvOp::Cas { key: 3, expected: None, new: 1 }, 0);
-        let b = h.invoke(2, KvOp::Cas { key: 3, expected: None, new: 2 }, 0);
+        let a = h.invoke(
+            1,
+            KvOp::Cas {
+                key: 3,
+                expected: None,
+                new: 1,
+            },
+            0,
+        );
+        let b = h.invoke(
+            2,
+            KvOp::Cas {
+                key: 3,
+                expected: None,
+                new: 2,
+            },
+            0,
+        );
         h.complete(a, None, 5);
         h.complete(b, None, 5);
         // Both claimed success (both saw "absent"): impossible.

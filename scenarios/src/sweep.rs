@@ -25,10 +25,23 @@ impl Family {
     pub fn config(self, seed: u64) -> SimConfig {
         match self {
             Family::Chaos5 => SimConfig::chaos(seed),
-            Family::Chaos3 => SimConfig { nodes: 3, clients: 3, ..SimConfig::chaos(seed) },
+            Family::Chaos3 => SimConfig {
+                nodes: 3,
+                clients: 3,
+                ..SimConfig::chaos(seed)
+            },
             Family::Membership => {
                 let base = SimConfig::chaos(seed);
-                SimConfig { nodes: 3, spares: 3, clients: 3, faults: crate::fastsim::Faults { membership: true, ..base.faults.clone() }, ..base }
+                SimConfig {
+                    nodes: 3,
+                    spares: 3,
+                    clients: 3,
+                    faults: crate::fastsim::Faults {
+                        membership: true,
+                        ..base.faults.clone()
+                    },
+                    ..base
+                }
             }
         }
     }
@@ -67,7 +80,9 @@ pub fn run_one(cfg: SimConfig) -> (Report, Trace) {
 /// Replaces the panic hook with one that only records where the panic happened (per thread).
 fn install_quiet_hook() {
     std::panic::set_hook(Box::new(|info| {
-        let location = info.location().map_or(String::new(), |l| format!(" at {}:{}", l.file(), l.line()));
+        let location = info
+            .location()
+            .map_or(String::new(), |l| format!(" at {}:{}", l.file(), l.line()));
         PANIC_LOCATION.with(|p| *p.borrow_mut() = location);
     }));
 }
@@ -77,9 +92,20 @@ fn run_caught(cfg: SimConfig) -> (Report, Trace) {
     match catch_unwind(AssertUnwindSafe(|| Sim::new(cfg).run())) {
         Ok(r) => r,
         Err(panic) => {
-            let msg = panic.downcast_ref::<String>().cloned().or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_string())).unwrap_or_else(|| "panic".into());
+            let msg = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_string()))
+                .unwrap_or_else(|| "panic".into());
             let location = PANIC_LOCATION.with(|p| p.borrow().clone());
-            (Report { seed, failure: Some(format!("panic{location}: {msg}")), ..Report::default() }, Trace::default())
+            (
+                Report {
+                    seed,
+                    failure: Some(format!("panic{location}: {msg}")),
+                    ..Report::default()
+                },
+                Trace::default(),
+            )
         }
     }
 }
@@ -87,7 +113,15 @@ fn run_caught(cfg: SimConfig) -> (Report, Trace) {
 /// The command that replays `seed` (with an optional fault mask) and prints its trace.
 #[must_use]
 pub fn replay_command(family: Family, seed: u64, mask: Option<&BTreeSet<usize>>) -> String {
-    let faults = mask.map_or(String::new(), |m| format!(" --faults {}", m.iter().map(ToString::to_string).collect::<Vec<_>>().join(",")));
+    let faults = mask.map_or(String::new(), |m| {
+        format!(
+            " --faults {}",
+            m.iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+        )
+    });
     format!("cargo run --release -p paloma-scenarios --bin paloma-sim -- replay --family {} --seed {seed}{faults}", family.name())
 }
 
@@ -97,7 +131,10 @@ pub fn shrink(family: Family, seed: u64) -> BTreeSet<usize> {
     let planned = Sim::new(family.config(seed)).planned_faults();
     let mut mask: BTreeSet<usize> = (0..planned).collect();
     let fails = |mask: &BTreeSet<usize>| {
-        let cfg = SimConfig { fault_mask: Some(mask.clone()), ..family.config(seed) };
+        let cfg = SimConfig {
+            fault_mask: Some(mask.clone()),
+            ..family.config(seed)
+        };
         run_one(cfg).0.failure.is_some()
     };
     if !fails(&mask) {
@@ -131,7 +168,13 @@ pub struct SweepResult {
 
 /// Runs `count` seeds from `first` on `jobs` threads, calling `progress` after each seed (from the
 /// thread that ran it). Results do not depend on `jobs`: every seed is its own world.
-pub fn sweep(family: Family, first: u64, count: u64, jobs: usize, progress: impl Fn(u64, &Report) + Sync) -> SweepResult {
+pub fn sweep(
+    family: Family,
+    first: u64,
+    count: u64,
+    jobs: usize,
+    progress: impl Fn(u64, &Report) + Sync,
+) -> SweepResult {
     let previous = std::panic::take_hook();
     install_quiet_hook();
     let jobs = jobs.max(1) as u64;
@@ -157,7 +200,10 @@ pub fn sweep(family: Family, first: u64, count: u64, jobs: usize, progress: impl
                 })
             })
             .collect();
-        handles.into_iter().map(|h| h.join().expect("sweep thread")).collect()
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("sweep thread"))
+            .collect()
     });
     std::panic::set_hook(previous);
     let mut out = SweepResult::default();

@@ -4,11 +4,17 @@
 use paloma_scenarios::sweep::{replay_command, shrink, sweep, Family};
 
 fn seeds() -> u64 {
-    std::env::var("PALOMA_SWEEP_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(150)
+    std::env::var("PALOMA_SWEEP_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(150)
 }
 
 fn first() -> u64 {
-    std::env::var("PALOMA_SWEEP_FIRST").ok().and_then(|s| s.parse().ok()).unwrap_or(1)
+    std::env::var("PALOMA_SWEEP_FIRST")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1)
 }
 
 fn run(family: Family) {
@@ -17,10 +23,24 @@ fn run(family: Family) {
     let mut failures = String::new();
     for report in &result.failed {
         let mask = shrink(family, report.seed);
-        failures.push_str(&format!("{}\n  shrunk to faults {mask:?}; replay: {}\n", report.summary(), replay_command(family, report.seed, Some(&mask))));
+        failures.push_str(&format!(
+            "{}\n  shrunk to faults {mask:?}; replay: {}\n",
+            report.summary(),
+            replay_command(family, report.seed, Some(&mask))
+        ));
     }
-    println!("{}: {} passed, {} failed ({:.0} simulated seconds)", family.name(), result.passed, result.failed.len(), result.simulated_secs);
-    assert!(result.failed.is_empty(), "{} of {count} seeds failed:\n{failures}", result.failed.len());
+    println!(
+        "{}: {} passed, {} failed ({:.0} simulated seconds)",
+        family.name(),
+        result.passed,
+        result.failed.len(),
+        result.simulated_secs
+    );
+    assert!(
+        result.failed.is_empty(),
+        "{} of {count} seeds failed:\n{failures}",
+        result.failed.len()
+    );
     assert_eq!(result.passed, count);
 }
 

@@ -112,21 +112,40 @@ impl Config {
             return Err(ConfigError("heartbeat_interval must be positive"));
         }
         if self.election_timeout < self.heartbeat_interval * 2 {
-            return Err(ConfigError("election_timeout must be at least two heartbeat intervals"));
+            return Err(ConfigError(
+                "election_timeout must be at least two heartbeat intervals",
+            ));
         }
         if self.append_timeout < self.heartbeat_interval {
-            return Err(ConfigError("append_timeout must be at least one heartbeat interval"));
+            return Err(ConfigError(
+                "append_timeout must be at least one heartbeat interval",
+            ));
         }
-        if self.append_entries_max == 0 || self.inflight_messages_max == 0 || self.snapshot_chunk_bytes == 0 {
-            return Err(ConfigError("batch, window and chunk sizes must be positive"));
+        if self.append_entries_max == 0
+            || self.inflight_messages_max == 0
+            || self.snapshot_chunk_bytes == 0
+        {
+            return Err(ConfigError(
+                "batch, window and chunk sizes must be positive",
+            ));
         }
-        if self.command_bytes_max + 1024 > self.frame_bytes_max || self.snapshot_chunk_bytes + 4096 > self.frame_bytes_max {
-            return Err(ConfigError("frame_bytes_max must hold a whole command and a snapshot chunk"));
+        if self.command_bytes_max + 1024 > self.frame_bytes_max
+            || self.snapshot_chunk_bytes + 4096 > self.frame_bytes_max
+        {
+            return Err(ConfigError(
+                "frame_bytes_max must hold a whole command and a snapshot chunk",
+            ));
         }
         if self.snapshot_threshold_entries == 0 || self.dedup_clients_max == 0 {
-            return Err(ConfigError("snapshot_threshold_entries and dedup_clients_max must be positive"));
+            return Err(ConfigError(
+                "snapshot_threshold_entries and dedup_clients_max must be positive",
+            ));
         }
-        if self.outbox_messages_max < 16 || self.pending_reads_max == 0 || self.pending_proposals_max == 0 || self.uncommitted_entries_max == 0 {
+        if self.outbox_messages_max < 16
+            || self.pending_reads_max == 0
+            || self.pending_proposals_max == 0
+            || self.uncommitted_entries_max == 0
+        {
             return Err(ConfigError("queue limits must be positive"));
         }
         Ok(())
@@ -140,9 +159,15 @@ mod tests {
     #[test]
     fn default_is_valid_and_bad_values_are_refused() {
         Config::default().validate().unwrap();
-        let bad = Config { election_timeout: Duration::from_millis(150), ..Config::default() };
+        let bad = Config {
+            election_timeout: Duration::from_millis(150),
+            ..Config::default()
+        };
         assert!(bad.validate().is_err());
-        let bad = Config { snapshot_chunk_bytes: 0, ..Config::default() };
+        let bad = Config {
+            snapshot_chunk_bytes: 0,
+            ..Config::default()
+        };
         assert!(bad.validate().is_err());
     }
 }

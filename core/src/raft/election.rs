@@ -28,7 +28,9 @@ impl<S: StateMachine> RaftNode<S> {
                     self.stats.votes_ignored_in_lease += 1;
                     return;
                 }
-                Body::Append(_) | Body::Heartbeat(_) | Body::Snapshot(_) => self.become_follower(env.term, Some(env.from)),
+                Body::Append(_) | Body::Heartbeat(_) | Body::Snapshot(_) => {
+                    self.become_follower(env.term, Some(env.from))
+                }
                 _ => self.become_follower(env.term, None),
             }
         } else if env.term < self.term {
@@ -37,11 +39,18 @@ impl<S: StateMachine> RaftNode<S> {
                 // Tell a stale leader about the newer term so it steps down (etcd: needed with
                 // pre-vote/check-quorum, or a partitioned old leader never learns).
                 Body::Append(_) | Body::Heartbeat(_) | Body::Snapshot(_) => {
-                    let resp = crate::raft::message::HeartbeatResponse { round: 0, last_index: self.log.last_index() };
+                    let resp = crate::raft::message::HeartbeatResponse {
+                        round: 0,
+                        last_index: self.log.last_index(),
+                    };
                     self.send(env.from, Body::HeartbeatResp(resp));
                 }
-                Body::PreVote(_) => self.send(env.from, Body::PreVoteResp(VoteResponse { granted: false })),
-                Body::Vote(_) => self.send(env.from, Body::VoteResp(VoteResponse { granted: false })),
+                Body::PreVote(_) => {
+                    self.send(env.from, Body::PreVoteResp(VoteResponse { granted: false }))
+                }
+                Body::Vote(_) => {
+                    self.send(env.from, Body::VoteResp(VoteResponse { granted: false }))
+                }
                 _ => {}
             }
             return;
@@ -116,7 +125,10 @@ impl<S: StateMachine> RaftNode<S> {
         if self.role == Role::Leader {
             return true;
         }
-        self.leader.is_some() && self.last_leader_contact.is_some_and(|t| self.now < t + self.cfg.election_timeout)
+        self.leader.is_some()
+            && self
+                .last_leader_contact
+                .is_some_and(|t| self.now < t + self.cfg.election_timeout)
     }
 
     pub(crate) fn on_election_timeout(&mut self) {
@@ -167,10 +179,18 @@ impl<S: StateMachine> RaftNode<S> {
         self.votes = BTreeMap::from([(self.id, true)]);
         self.reset_election_deadline();
         self.emit_role();
-        let req = VoteRequest { last_log: self.log.last_id(), transfer: false };
+        let req = VoteRequest {
+            last_log: self.log.last_id(),
+            transfer: false,
+        };
         let next_term = self.term.next();
         for peer in self.other_voters() {
-            let env = Envelope { from: self.id, to: peer, term: next_term, body: Body::PreVote(req) };
+            let env = Envelope {
+                from: self.id,
+                to: peer,
+                term: next_term,
+                body: Body::PreVote(req),
+            };
             self.send_envelope(env);
         }
         self.tally(true);
@@ -188,7 +208,10 @@ impl<S: StateMachine> RaftNode<S> {
         self.votes = BTreeMap::from([(self.id, true)]);
         self.reset_election_deadline();
         self.emit_role();
-        let req = VoteRequest { last_log: self.log.last_id(), transfer };
+        let req = VoteRequest {
+            last_log: self.log.last_id(),
+            transfer,
+        };
         for peer in self.other_voters() {
             self.send(peer, Body::Vote(req));
         }
@@ -204,7 +227,13 @@ impl<S: StateMachine> RaftNode<S> {
         self.votes.clear();
         let now = self.now;
         let last = self.log.last_index();
-        let progress = self.log.membership().members().filter(|id| *id != self.id).map(|id| (id, Progress::new(last, now))).collect();
+        let progress = self
+            .log
+            .membership()
+            .members()
+            .filter(|id| *id != self.id)
+            .map(|id| (id, Progress::new(last, now)))
+            .collect();
         self.lead = Some(LeaderState {
             progress,
             heartbeat_at: now + self.cfg.heartbeat_interval,
@@ -224,14 +253,27 @@ impl<S: StateMachine> RaftNode<S> {
     }
 
     fn other_voters(&self) -> Vec<NodeId> {
-        self.log.membership().voters.iter().copied().filter(|id| *id != self.id).collect()
+        self.log
+            .membership()
+            .voters
+            .iter()
+            .copied()
+            .filter(|id| *id != self.id)
+            .collect()
     }
 
     fn on_pre_vote(&mut self, from: NodeId, term: Term, req: VoteRequest) {
         // Granted only for a future term, an up-to-date log, and no live leader (thesis §9.6).
-        let granted = term > self.term && req.last_log >= self.log.last_id() && (!self.in_lease() || req.transfer);
+        let granted = term > self.term
+            && req.last_log >= self.log.last_id()
+            && (!self.in_lease() || req.transfer);
         let reply_term = if granted { term } else { self.term };
-        let env = Envelope { from: self.id, to: from, term: reply_term, body: Body::PreVoteResp(VoteResponse { granted }) };
+        let env = Envelope {
+            from: self.id,
+            to: from,
+            term: reply_term,
+            body: Body::PreVoteResp(VoteResponse { granted }),
+        };
         self.send_envelope(env);
     }
 
@@ -249,9 +291,20 @@ impl<S: StateMachine> RaftNode<S> {
     }
 
     fn on_vote_resp(&mut self, from: NodeId, term: Term, resp: VoteResponse, pre: bool) {
-        let expected_role = if pre { Role::PreCandidate } else { Role::Candidate };
-        let expected_term = if pre && resp.granted { self.term.next() } else { self.term };
-        if self.role != expected_role || term != expected_term || !self.log.membership().is_voter(from) {
+        let expected_role = if pre {
+            Role::PreCandidate
+        } else {
+            Role::Candidate
+        };
+        let expected_term = if pre && resp.granted {
+            self.term.next()
+        } else {
+            self.term
+        };
+        if self.role != expected_role
+            || term != expected_term
+            || !self.log.membership().is_voter(from)
+        {
             self.stats.messages_stale += 1;
             return;
         }
@@ -262,8 +315,16 @@ impl<S: StateMachine> RaftNode<S> {
     fn tally(&mut self, pre: bool) {
         let quorum = self.log.membership().quorum();
         let voters = &self.log.membership().voters;
-        let granted = self.votes.iter().filter(|(id, g)| **g && voters.contains(id)).count();
-        let rejected = self.votes.iter().filter(|(id, g)| !**g && voters.contains(id)).count();
+        let granted = self
+            .votes
+            .iter()
+            .filter(|(id, g)| **g && voters.contains(id))
+            .count();
+        let rejected = self
+            .votes
+            .iter()
+            .filter(|(id, g)| !**g && voters.contains(id))
+            .count();
         if granted >= quorum {
             if pre {
                 self.become_candidate(false);
@@ -279,7 +340,11 @@ impl<S: StateMachine> RaftNode<S> {
     pub(crate) fn check_quorum(&mut self) {
         let membership = self.log.membership().clone();
         let lead = self.lead.as_mut().expect("leader");
-        let active = membership.voters.iter().filter(|id| **id == self.id || lead.progress.get(id).is_some_and(|p| p.recent_active)).count();
+        let active = membership
+            .voters
+            .iter()
+            .filter(|id| **id == self.id || lead.progress.get(id).is_some_and(|p| p.recent_active))
+            .count();
         for pr in lead.progress.values_mut() {
             pr.recent_active = false;
         }
@@ -291,7 +356,10 @@ impl<S: StateMachine> RaftNode<S> {
     }
 
     fn on_timeout_now(&mut self, from: NodeId) {
-        if self.role != Role::Follower || self.leader != Some(from) || !self.log.membership().is_voter(self.id) {
+        if self.role != Role::Follower
+            || self.leader != Some(from)
+            || !self.log.membership().is_voter(self.id)
+        {
             self.stats.messages_stale += 1;
             return;
         }

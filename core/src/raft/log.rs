@@ -22,9 +22,22 @@ impl RaftLog {
     /// A log holding `snapshot`, then `entries` after `base`.
     #[must_use]
     pub fn new(snapshot: Snapshot, base: LogId, entries: Vec<Entry>) -> RaftLog {
-        assert!(base.index <= snapshot.meta.last.index || entries.is_empty() || entries[0].index() == base.index.next(), "log base after snapshot without entries");
-        let mut log = RaftLog { base, entries: VecDeque::new(), snapshot, configs: Vec::new(), bytes: 0 };
-        if log.base.index < log.snapshot.meta.last.index && !entries.iter().any(|e| e.id == log.snapshot.meta.last) {
+        assert!(
+            base.index <= snapshot.meta.last.index
+                || entries.is_empty()
+                || entries[0].index() == base.index.next(),
+            "log base after snapshot without entries"
+        );
+        let mut log = RaftLog {
+            base,
+            entries: VecDeque::new(),
+            snapshot,
+            configs: Vec::new(),
+            bytes: 0,
+        };
+        if log.base.index < log.snapshot.meta.last.index
+            && !entries.iter().any(|e| e.id == log.snapshot.meta.last)
+        {
             // The log does not reach the snapshot consistently: the snapshot supersedes it.
             log.base = log.snapshot.meta.last;
         } else {
@@ -32,7 +45,11 @@ impl RaftLog {
             // here rather than through `append`, which continues from the snapshot on an empty log.
             for e in entries.into_iter().filter(|e| e.index() > base.index) {
                 let prev = log.entries.back().map_or(log.base, |p| p.id);
-                assert_eq!(e.index(), prev.index.next(), "recovered log must be contiguous");
+                assert_eq!(
+                    e.index(),
+                    prev.index.next(),
+                    "recovered log must be contiguous"
+                );
                 if let Payload::Membership(m) = &e.payload {
                     log.configs.push((e.index(), m.clone()));
                 }
@@ -43,7 +60,9 @@ impl RaftLog {
         if log.base.index < log.snapshot.meta.last.index {
             // Entries before the snapshot stay only if the log reaches past it (Figure 13 step 6).
             let snap_last = log.snapshot.meta.last;
-            if log.last_index() < snap_last.index || log.term(snap_last.index) != Some(snap_last.term) {
+            if log.last_index() < snap_last.index
+                || log.term(snap_last.index) != Some(snap_last.term)
+            {
                 log.entries.clear();
                 log.configs.clear();
                 log.bytes = 0;
@@ -58,7 +77,9 @@ impl RaftLog {
     /// The last entry's id (the snapshot's or base's if the log is empty).
     #[must_use]
     pub fn last_id(&self) -> LogId {
-        self.entries.back().map_or_else(|| self.base.max_by_index(self.snapshot.meta.last), |e| e.id)
+        self.entries
+            .back()
+            .map_or_else(|| self.base.max_by_index(self.snapshot.meta.last), |e| e.id)
     }
 
     /// The last index.
@@ -101,7 +122,12 @@ impl RaftLog {
     /// Entries from `from` on, at most `count_max` of them and about `bytes_max` bytes (always at
     /// least one). `None` if `from` was compacted away.
     #[must_use]
-    pub fn entries_from(&self, from: LogIndex, count_max: usize, bytes_max: usize) -> Option<Vec<Entry>> {
+    pub fn entries_from(
+        &self,
+        from: LogIndex,
+        count_max: usize,
+        bytes_max: usize,
+    ) -> Option<Vec<Entry>> {
         if from < self.first_index() {
             return None;
         }
@@ -126,8 +152,15 @@ impl RaftLog {
     /// Appends consecutive entries after the last one.
     pub fn append(&mut self, entries: Vec<Entry>) {
         for e in entries {
-            assert_eq!(e.index(), self.last_index().next(), "log append must be contiguous");
-            assert!(e.term() >= self.last_id().term, "log terms must not decrease");
+            assert_eq!(
+                e.index(),
+                self.last_index().next(),
+                "log append must be contiguous"
+            );
+            assert!(
+                e.term() >= self.last_id().term,
+                "log terms must not decrease"
+            );
             if let Payload::Membership(m) = &e.payload {
                 self.configs.push((e.index(), m.clone()));
             }
@@ -138,7 +171,10 @@ impl RaftLog {
 
     /// Deletes every entry at or after `from`; membership rolls back with them.
     pub fn truncate_from(&mut self, from: LogIndex) {
-        assert!(from > self.snapshot.meta.last.index, "never truncate into the snapshot");
+        assert!(
+            from > self.snapshot.meta.last.index,
+            "never truncate into the snapshot"
+        );
         while self.entries.back().is_some_and(|e| e.index() >= from) {
             let e = self.entries.pop_back().expect("checked");
             self.bytes -= e.size_bytes();
@@ -148,7 +184,10 @@ impl RaftLog {
 
     /// Drops held entries up to `upto` (which must be at or before the snapshot).
     pub fn compact(&mut self, upto: LogIndex) {
-        assert!(upto <= self.snapshot.meta.last.index, "compact only behind a snapshot");
+        assert!(
+            upto <= self.snapshot.meta.last.index,
+            "compact only behind a snapshot"
+        );
         if upto <= self.base.index {
             return;
         }
@@ -164,7 +203,10 @@ impl RaftLog {
     /// the suffix stays (Raft Figure 13 step 6).
     pub fn install_snapshot(&mut self, snapshot: Snapshot) {
         let last = snapshot.meta.last;
-        assert!(last.index >= self.snapshot.meta.last.index, "snapshots only move forward");
+        assert!(
+            last.index >= self.snapshot.meta.last.index,
+            "snapshots only move forward"
+        );
         if self.term(last.index) != Some(last.term) || self.last_index() < last.index {
             self.entries.clear();
             self.bytes = 0;
@@ -178,7 +220,11 @@ impl RaftLog {
     /// Records a snapshot this node took itself at an index it holds.
     pub fn set_snapshot(&mut self, snapshot: Snapshot) {
         let last = snapshot.meta.last;
-        assert_eq!(self.term(last.index), Some(last.term), "own snapshot must match the log");
+        assert_eq!(
+            self.term(last.index),
+            Some(last.term),
+            "own snapshot must match the log"
+        );
         self.install_snapshot(snapshot);
     }
 
@@ -191,19 +237,27 @@ impl RaftLog {
     /// The effective membership: the latest config entry, committed or not (thesis §4.1).
     #[must_use]
     pub fn membership(&self) -> &Membership {
-        self.configs.last().map_or(&self.snapshot.meta.membership, |(_, m)| m)
+        self.configs
+            .last()
+            .map_or(&self.snapshot.meta.membership, |(_, m)| m)
     }
 
     /// The index of the entry that set the effective membership (the snapshot's for none).
     #[must_use]
     pub fn membership_index(&self) -> LogIndex {
-        self.configs.last().map_or(self.snapshot.meta.last.index, |(i, _)| *i)
+        self.configs
+            .last()
+            .map_or(self.snapshot.meta.last.index, |(i, _)| *i)
     }
 
     /// The membership in effect at `index` (which must not be before the snapshot).
     #[must_use]
     pub fn membership_at(&self, index: LogIndex) -> &Membership {
-        self.configs.iter().rev().find(|(i, _)| *i <= index).map_or(&self.snapshot.meta.membership, |(_, m)| m)
+        self.configs
+            .iter()
+            .rev()
+            .find(|(i, _)| *i <= index)
+            .map_or(&self.snapshot.meta.membership, |(_, m)| m)
     }
 
     /// Approximate bytes of the held entries.
@@ -258,11 +312,19 @@ mod tests {
     use super::*;
 
     fn e(index: u64, term: u64) -> Entry {
-        Entry { id: LogId::new(Term(term), LogIndex(index)), unix_ms: 0, payload: Payload::Noop }
+        Entry {
+            id: LogId::new(Term(term), LogIndex(index)),
+            unix_ms: 0,
+            payload: Payload::Noop,
+        }
     }
 
     fn log_with(terms: &[u64]) -> RaftLog {
-        let entries = terms.iter().enumerate().map(|(i, t)| e(i as u64 + 1, *t)).collect();
+        let entries = terms
+            .iter()
+            .enumerate()
+            .map(|(i, t)| e(i as u64 + 1, *t))
+            .collect();
         RaftLog::new(Snapshot::default(), LogId::default(), entries)
     }
 
@@ -270,22 +332,41 @@ mod tests {
     fn conflict_hint_skips_whole_terms() {
         // Figure 7 (f): terms 1 1 1 2 2 2 3 3 3 3 3; leader probes at index 10 term 6.
         let log = log_with(&[1, 1, 1, 2, 2, 2, 3, 3, 3, 3, 3]);
-        assert_eq!(log.conflict_hint(LogIndex(10), Term(6)), LogId::new(Term(3), LogIndex(10)));
-        assert_eq!(log.conflict_hint(LogIndex(10), Term(2)), LogId::new(Term(2), LogIndex(6)));
+        assert_eq!(
+            log.conflict_hint(LogIndex(10), Term(6)),
+            LogId::new(Term(3), LogIndex(10))
+        );
+        assert_eq!(
+            log.conflict_hint(LogIndex(10), Term(2)),
+            LogId::new(Term(2), LogIndex(6))
+        );
         assert_eq!(log.conflict_hint(LogIndex(10), Term(0)), LogId::default());
-        assert_eq!(log.conflict_hint(LogIndex(50), Term(9)), LogId::new(Term(3), LogIndex(11)));
+        assert_eq!(
+            log.conflict_hint(LogIndex(50), Term(9)),
+            LogId::new(Term(3), LogIndex(11))
+        );
     }
 
     #[test]
     fn truncate_rolls_back_membership_and_compaction_keeps_terms() {
         let mut log = log_with(&[1, 1]);
         let m = Membership::with_voters([crate::ids::NodeId(1)]);
-        log.append(vec![Entry { id: LogId::new(Term(1), LogIndex(3)), unix_ms: 0, payload: Payload::Membership(m.clone()) }]);
+        log.append(vec![Entry {
+            id: LogId::new(Term(1), LogIndex(3)),
+            unix_ms: 0,
+            payload: Payload::Membership(m.clone()),
+        }]);
         assert_eq!(log.membership(), &m);
         log.truncate_from(LogIndex(3));
         assert_eq!(log.membership(), &Membership::default());
         assert_eq!(log.last_index(), LogIndex(2));
-        let snap = Snapshot { meta: crate::raft::types::SnapshotMeta { last: LogId::new(Term(1), LogIndex(2)), ..Default::default() }, data: vec![] };
+        let snap = Snapshot {
+            meta: crate::raft::types::SnapshotMeta {
+                last: LogId::new(Term(1), LogIndex(2)),
+                ..Default::default()
+            },
+            data: vec![],
+        };
         log.set_snapshot(snap);
         log.compact(LogIndex(1));
         assert_eq!(log.term(LogIndex(1)), Some(Term(1)));

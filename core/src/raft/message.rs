@@ -179,15 +179,22 @@ impl Envelope {
     /// Decodes a versioned frame of at most `frame_bytes_max` bytes.
     pub fn decode(frame: &[u8], frame_bytes_max: usize) -> Result<Envelope, DecodeError> {
         if frame.len() > frame_bytes_max {
-            return Err(DecodeError::TooLarge { len: frame.len(), max: frame_bytes_max });
+            return Err(DecodeError::TooLarge {
+                len: frame.len(),
+                max: frame_bytes_max,
+            });
         }
         let (&version, body) = frame.split_first().ok_or(DecodeError::Empty)?;
         if version != WIRE_VERSION {
             return Err(DecodeError::Version(version));
         }
-        let (env, rest) = postcard::take_from_bytes::<Envelope>(body).map_err(|e| DecodeError::Malformed(e.to_string()))?;
+        let (env, rest) = postcard::take_from_bytes::<Envelope>(body)
+            .map_err(|e| DecodeError::Malformed(e.to_string()))?;
         if !rest.is_empty() {
-            return Err(DecodeError::Malformed(format!("{} trailing bytes", rest.len())));
+            return Err(DecodeError::Malformed(format!(
+                "{} trailing bytes",
+                rest.len()
+            )));
         }
         Ok(env)
     }
@@ -206,20 +213,30 @@ mod tests {
             term: Term(3),
             body: Body::Append(AppendRequest {
                 prev: LogId::new(Term(2), LogIndex(4)),
-                entries: vec![Entry { id: LogId::new(Term(3), LogIndex(5)), unix_ms: 9, payload: Payload::Noop }],
+                entries: vec![Entry {
+                    id: LogId::new(Term(3), LogIndex(5)),
+                    unix_ms: 9,
+                    payload: Payload::Noop,
+                }],
                 commit: LogIndex(4),
             }),
         };
         let bytes = env.encode();
         assert_eq!(Envelope::decode(&bytes, 1 << 20).unwrap(), env);
         assert_eq!(Envelope::decode(&[], 10), Err(DecodeError::Empty));
-        assert!(matches!(Envelope::decode(&bytes, 3), Err(DecodeError::TooLarge { .. })));
+        assert!(matches!(
+            Envelope::decode(&bytes, 3),
+            Err(DecodeError::TooLarge { .. })
+        ));
         let mut v2 = bytes.clone();
         v2[0] = 2;
         assert_eq!(Envelope::decode(&v2, 1 << 20), Err(DecodeError::Version(2)));
         let mut trailing = bytes.clone();
         trailing.push(0);
-        assert!(matches!(Envelope::decode(&trailing, 1 << 20), Err(DecodeError::Malformed(_))));
+        assert!(matches!(
+            Envelope::decode(&trailing, 1 << 20),
+            Err(DecodeError::Malformed(_))
+        ));
         for cut in 1..bytes.len() {
             assert!(Envelope::decode(&bytes[..cut], 1 << 20).is_err());
         }

@@ -21,6 +21,8 @@ pub mod types;
 
 pub use config::{Config, ReadMode};
 pub use message::{Body, Envelope};
-pub use node::{MembershipError, ProposeError, RaftNode, ReadError, StartError, Stats, Status, TransferError};
+pub use node::{
+    MembershipError, ProposeError, RaftNode, ReadError, StartError, Stats, Status, TransferError,
+};
 pub use state_machine::{ApplyContext, StateMachine};
 pub use types::{Entry, HardState, Membership, MembershipChange, Payload, Snapshot, SnapshotMeta};

@@ -251,14 +251,31 @@ pub struct RaftNode<S: StateMachine> {
 impl<S: StateMachine> RaftNode<S> {
     /// Starts a replica from what its storage recovered (`Recovered::default()` plus a bootstrap
     /// snapshot for a new cluster, see [`Recovered::bootstrap`]). `seed` feeds the election jitter.
-    pub fn new(cfg: Config, recovered: Recovered, sm: S, seed: u64, now: Instant) -> Result<RaftNode<S>, StartError> {
+    pub fn new(
+        cfg: Config,
+        recovered: Recovered,
+        sm: S,
+        seed: u64,
+        now: Instant,
+    ) -> Result<RaftNode<S>, StartError> {
         cfg.validate()?;
-        let Recovered { hard_state, snapshot, base, entries } = recovered;
+        let Recovered {
+            hard_state,
+            snapshot,
+            base,
+            entries,
+        } = recovered;
         let snapshot = snapshot.unwrap_or_default();
-        if entries.windows(2).any(|w| w[1].index() != w[0].index().next() || w[1].term() < w[0].term()) {
+        if entries
+            .windows(2)
+            .any(|w| w[1].index() != w[0].index().next() || w[1].term() < w[0].term())
+        {
             return Err(StartError::Log("entries are not contiguous"));
         }
-        if entries.first().is_some_and(|e| e.index() != base.index.next()) {
+        if entries
+            .first()
+            .is_some_and(|e| e.index() != base.index.next())
+        {
             return Err(StartError::Log("entries do not follow the base"));
         }
         let mut dedup = DedupTable::new(cfg.dedup_clients_max);
@@ -276,7 +293,11 @@ impl<S: StateMachine> RaftNode<S> {
             cfg,
             now,
             term,
-            vote: if term == hard_state.term { hard_state.vote } else { None },
+            vote: if term == hard_state.term {
+                hard_state.vote
+            } else {
+                None
+            },
             durable_match: log.last_index(),
             last_unix_ms: log.entries().last().map_or(0, |e| e.unix_ms),
             log,
@@ -366,19 +387,33 @@ impl<S: StateMachine> RaftNode<S> {
 
     /// Proposes a command for `(client, seq)`. `unix_ms` is this node's wall clock, stamped into the
     /// entry. Returns the entry's index; the result arrives as `Event::Applied`.
-    pub fn propose(&mut self, now: Instant, unix_ms: u64, client: ClientId, seq: u64, data: Vec<u8>) -> Result<LogIndex, ProposeError> {
+    pub fn propose(
+        &mut self,
+        now: Instant,
+        unix_ms: u64,
+        client: ClientId,
+        seq: u64,
+        data: Vec<u8>,
+    ) -> Result<LogIndex, ProposeError> {
         self.advance_clock(now);
         let Some(lead) = &self.lead else {
-            return Err(ProposeError::NotLeader { leader: self.leader });
+            return Err(ProposeError::NotLeader {
+                leader: self.leader,
+            });
         };
         if lead.transfer.is_some() {
             return Err(ProposeError::TransferInProgress);
         }
         if data.len() > self.cfg.command_bytes_max {
-            return Err(ProposeError::TooLarge { len: data.len(), max: self.cfg.command_bytes_max });
+            return Err(ProposeError::TooLarge {
+                len: data.len(),
+                max: self.cfg.command_bytes_max,
+            });
         }
         let uncommitted = self.log.last_index().0 - self.commit.0;
-        if uncommitted >= self.cfg.uncommitted_entries_max as u64 || self.local_proposals.len() >= self.cfg.pending_proposals_max {
+        if uncommitted >= self.cfg.uncommitted_entries_max as u64
+            || self.local_proposals.len() >= self.cfg.pending_proposals_max
+        {
             return Err(ProposeError::Backpressure);
         }
         self.local_proposals.insert((client, seq));
@@ -386,7 +421,12 @@ impl<S: StateMachine> RaftNode<S> {
     }
 
     /// Changes membership by one server (thesis §4.1). Returns the config entry's index.
-    pub fn change_membership(&mut self, now: Instant, unix_ms: u64, change: MembershipChange) -> Result<LogIndex, MembershipError> {
+    pub fn change_membership(
+        &mut self,
+        now: Instant,
+        unix_ms: u64,
+        change: MembershipChange,
+    ) -> Result<LogIndex, MembershipError> {
         self.advance_clock(now);
         let Some(lead) = &self.lead else {
             return Err(MembershipError::NotLeader);
@@ -396,7 +436,9 @@ impl<S: StateMachine> RaftNode<S> {
         }
         // Ongaro's fix for the single-server change bug: no config entry before an entry of this
         // term is committed; and one uncommitted config at a time.
-        if self.log.term(self.commit) != Some(self.term) || self.log.membership_index() > self.commit {
+        if self.log.term(self.commit) != Some(self.term)
+            || self.log.membership_index() > self.commit
+        {
             return Err(MembershipError::NotReady);
         }
         let mut next = self.log.membership().clone();
@@ -411,7 +453,10 @@ impl<S: StateMachine> RaftNode<S> {
                 if !next.learners.contains(&id) {
                     return Err(MembershipError::Invalid("not a learner"));
                 }
-                let matched = lead.progress.get(&id).map_or(LogIndex(0), |p| p.match_index);
+                let matched = lead
+                    .progress
+                    .get(&id)
+                    .map_or(LogIndex(0), |p| p.match_index);
                 if matched.0 + self.cfg.catch_up_lag_max < self.log.last_index().0 {
                     return Err(MembershipError::NotCaughtUp);
                 }
@@ -511,16 +556,58 @@ impl<S: StateMachine> RaftNode<S> {
     /// tests and simulation; cheap enough to keep on.
     pub fn check_invariants(&self) {
         let snap = self.log.snapshot().meta.last.index;
-        assert!(self.log.base().index <= snap || self.log.first_index() <= snap, "{}: base past snapshot", self.id);
-        assert!(snap <= self.applied, "{}: snapshot {:?} after applied {:?}", self.id, snap, self.applied);
-        assert!(self.applied <= self.commit, "{}: applied {:?} after commit {:?}", self.id, self.applied, self.commit);
-        assert!(self.commit <= self.log.last_index(), "{}: commit {:?} after last {:?}", self.id, self.commit, self.log.last_index());
-        assert!(self.durable_match <= self.log.last_index(), "{}: durable match past the log", self.id);
-        assert!(self.log.last_id().term <= self.term, "{}: log term {:?} above current term {:?}", self.id, self.log.last_id().term, self.term);
-        assert_eq!(self.role == Role::Leader, self.lead.is_some(), "{}: leader state iff leader", self.id);
+        assert!(
+            self.log.base().index <= snap || self.log.first_index() <= snap,
+            "{}: base past snapshot",
+            self.id
+        );
+        assert!(
+            snap <= self.applied,
+            "{}: snapshot {:?} after applied {:?}",
+            self.id,
+            snap,
+            self.applied
+        );
+        assert!(
+            self.applied <= self.commit,
+            "{}: applied {:?} after commit {:?}",
+            self.id,
+            self.applied,
+            self.commit
+        );
+        assert!(
+            self.commit <= self.log.last_index(),
+            "{}: commit {:?} after last {:?}",
+            self.id,
+            self.commit,
+            self.log.last_index()
+        );
+        assert!(
+            self.durable_match <= self.log.last_index(),
+            "{}: durable match past the log",
+            self.id
+        );
+        assert!(
+            self.log.last_id().term <= self.term,
+            "{}: log term {:?} above current term {:?}",
+            self.id,
+            self.log.last_id().term,
+            self.term
+        );
+        assert_eq!(
+            self.role == Role::Leader,
+            self.lead.is_some(),
+            "{}: leader state iff leader",
+            self.id
+        );
         if self.role == Role::Leader {
             assert_eq!(self.leader, Some(self.id));
-            assert_eq!(self.vote, Some(self.id), "{}: a leader voted for itself", self.id);
+            assert_eq!(
+                self.vote,
+                Some(self.id),
+                "{}: a leader voted for itself",
+                self.id
+            );
         }
         assert!(self.persist_durable <= self.persist_issued);
     }
@@ -539,7 +626,12 @@ impl<S: StateMachine> RaftNode<S> {
     /// (a granted vote, an acknowledged append, a new term): they wait for the persist batch that
     /// holds that state (Raft Figure 2 "respond after persisting"; openraft io_ordering).
     pub(crate) fn send(&mut self, to: NodeId, body: Body) {
-        let env = Envelope { from: self.id, to, term: self.term, body };
+        let env = Envelope {
+            from: self.id,
+            to,
+            term: self.term,
+            body,
+        };
         self.send_envelope(env);
     }
 
@@ -548,7 +640,8 @@ impl<S: StateMachine> RaftNode<S> {
             self.stats.outbox_dropped += 1;
             return;
         }
-        let needs_durability = self.role != Role::Leader && !matches!(env.body, Body::PreVote(_) | Body::PreVoteResp(_));
+        let needs_durability = self.role != Role::Leader
+            && !matches!(env.body, Body::PreVote(_) | Body::PreVoteResp(_));
         let needs = if !needs_durability {
             PersistSeq(0)
         } else if self.staged.is_empty() && !self.hard_state_dirty {
@@ -568,7 +661,9 @@ impl<S: StateMachine> RaftNode<S> {
     }
 
     pub(crate) fn stage(&mut self, op: PersistOp) {
-        if let (PersistOp::Append(new), Some(PersistOp::Append(prev))) = (&op, self.staged.last_mut()) {
+        if let (PersistOp::Append(new), Some(PersistOp::Append(prev))) =
+            (&op, self.staged.last_mut())
+        {
             prev.extend(new.iter().cloned());
             return;
         }
@@ -587,7 +682,9 @@ impl<S: StateMachine> RaftNode<S> {
         if let Some(last) = entries.last() {
             self.last_unix_ms = self.last_unix_ms.max(last.unix_ms);
         }
-        let membership_changed = entries.iter().any(|e| matches!(e.payload, Payload::Membership(_)));
+        let membership_changed = entries
+            .iter()
+            .any(|e| matches!(e.payload, Payload::Membership(_)));
         self.log.append(entries.clone());
         self.stage(PersistOp::Append(entries));
         if membership_changed {
@@ -597,7 +694,13 @@ impl<S: StateMachine> RaftNode<S> {
 
     /// Truncates the log from `from` (a real conflict only, never at or below commit: checklist 7).
     pub(crate) fn truncate_log(&mut self, from: LogIndex) {
-        assert!(from > self.commit, "{}: truncating committed entry {:?} (commit {:?})", self.id, from, self.commit);
+        assert!(
+            from > self.commit,
+            "{}: truncating committed entry {:?} (commit {:?})",
+            self.id,
+            from,
+            self.commit
+        );
         let had_config = self.log.membership_index() >= from;
         self.log.truncate_from(from);
         self.stage(PersistOp::Truncate { from });
@@ -610,7 +713,11 @@ impl<S: StateMachine> RaftNode<S> {
     fn append_as_leader(&mut self, unix_ms: u64, payload: Payload) -> LogIndex {
         self.last_unix_ms = self.last_unix_ms.max(unix_ms);
         let index = self.log.last_index().next();
-        let entry = Entry { id: LogId::new(self.term, index), unix_ms: self.last_unix_ms, payload };
+        let entry = Entry {
+            id: LogId::new(self.term, index),
+            unix_ms: self.last_unix_ms,
+            payload,
+        };
         self.append_entries(vec![entry]);
         if let Some(lead) = &mut self.lead {
             lead.append_needed = true;
@@ -666,16 +773,26 @@ impl<S: StateMachine> RaftNode<S> {
         if self.staged.is_empty() && !self.hard_state_dirty {
             return;
         }
-        let mut ops = Vec::with_capacity(self.staged.len() + 1);
+        let mut ops = std::mem::take(&mut self.staged);
         if std::mem::take(&mut self.hard_state_dirty) {
-            // Hard state first: a torn batch never leaves entries of a term the node has not
-            // durably entered.
-            ops.push(PersistOp::HardState(HardState { term: self.term, vote: self.vote, commit: self.commit }));
+            // Hard state last: its commit index may cover entries this very batch truncates or
+            // appends, and a torn batch must never leave a commit index over entries that were not
+            // written (found by the torn-write proptest). Entries of a term newer than the durable
+            // hard state are harmless: `RaftNode::new` takes the term from the log, and a vote lost
+            // with the hard state was never sent (votes wait for `Persisted`).
+            ops.push(PersistOp::HardState(HardState {
+                term: self.term,
+                vote: self.vote,
+                commit: self.commit,
+            }));
         }
-        ops.append(&mut self.staged);
         self.persist_issued = PersistSeq(self.persist_issued.0 + 1);
-        self.persist_pending.push_back((self.persist_issued, self.log.last_id()));
-        self.ready.push_back(Output::Persist(PersistBatch { seq: self.persist_issued, ops }));
+        self.persist_pending
+            .push_back((self.persist_issued, self.log.last_id()));
+        self.ready.push_back(Output::Persist(PersistBatch {
+            seq: self.persist_issued,
+            ops,
+        }));
         // Messages that waited on this batch stay in `waiting` until `Persisted`.
     }
 
@@ -712,8 +829,11 @@ impl<S: StateMachine> RaftNode<S> {
             return;
         }
         let base = self.cfg.election_timeout;
-        let jitter_nanos = self.rng.below(u64::try_from(base.as_nanos()).unwrap_or(u64::MAX).max(1));
-        self.election_deadline = Some(self.now + base + std::time::Duration::from_nanos(jitter_nanos));
+        let jitter_nanos = self
+            .rng
+            .below(u64::try_from(base.as_nanos()).unwrap_or(u64::MAX).max(1));
+        self.election_deadline =
+            Some(self.now + base + std::time::Duration::from_nanos(jitter_nanos));
     }
 
     /// Effective membership changed (appended, truncated or installed config).
@@ -725,7 +845,9 @@ impl<S: StateMachine> RaftNode<S> {
             lead.progress.retain(|id, _| membership.contains(*id));
             for id in membership.members() {
                 if id != self.id {
-                    lead.progress.entry(id).or_insert_with(|| Progress::new(last, now));
+                    lead.progress
+                        .entry(id)
+                        .or_insert_with(|| Progress::new(last, now));
                 }
             }
             if let Some((to, _)) = lead.transfer {
@@ -748,23 +870,43 @@ impl<S: StateMachine> RaftNode<S> {
         let mut step_down = false;
         while self.applied < self.commit {
             let index = self.applied.next();
-            let entry = self.log.entry(index).unwrap_or_else(|| panic!("{}: committed entry {:?} not in the log", self.id, index)).clone();
+            let entry = self
+                .log
+                .entry(index)
+                .unwrap_or_else(|| {
+                    panic!("{}: committed entry {:?} not in the log", self.id, index)
+                })
+                .clone();
             if let Payload::Command { client, seq, data } = &entry.payload {
-                let ctx = crate::raft::state_machine::ApplyContext { index, term: entry.term(), unix_ms: entry.unix_ms, client: *client };
+                let ctx = crate::raft::state_machine::ApplyContext {
+                    index,
+                    term: entry.term(),
+                    unix_ms: entry.unix_ms,
+                    client: *client,
+                };
                 let applied = self.dedup.apply(&mut self.sm, &ctx, *seq, data);
                 if self.local_proposals.remove(&(*client, *seq)) {
                     let response = match applied {
-                        crate::raft::state_machine::Applied::Fresh(r) | crate::raft::state_machine::Applied::Duplicate(r) => Some(r),
+                        crate::raft::state_machine::Applied::Fresh(r)
+                        | crate::raft::state_machine::Applied::Duplicate(r) => Some(r),
                         crate::raft::state_machine::Applied::Stale => None,
                     };
                     if let Some(response) = response {
-                        self.emit(Event::Applied { client: *client, seq: *seq, index, response });
+                        self.emit(Event::Applied {
+                            client: *client,
+                            seq: *seq,
+                            index,
+                            response,
+                        });
                     }
                 }
             }
             if let Payload::Membership(m) = &entry.payload {
                 // A leader removed by a committed config steps down (etcd StepDownOnRemoval).
-                if self.role == Role::Leader && !m.is_voter(self.id) && self.log.membership_index() == index {
+                if self.role == Role::Leader
+                    && !m.is_voter(self.id)
+                    && self.log.membership_index() == index
+                {
                     step_down = true;
                 }
             }
@@ -780,7 +922,11 @@ impl<S: StateMachine> RaftNode<S> {
 
     /// Emits `Event::RoleChanged` for the current role, term and leader.
     pub(crate) fn emit_role(&mut self) {
-        self.emit(Event::RoleChanged { role: self.role, term: self.term, leader: self.leader });
+        self.emit(Event::RoleChanged {
+            role: self.role,
+            term: self.term,
+            leader: self.leader,
+        });
     }
 
     /// The snapshot as it is (for sending).
@@ -793,6 +939,12 @@ impl Recovered {
     /// The initial state of a member of a brand-new cluster whose first voters are `voters`.
     #[must_use]
     pub fn bootstrap(voters: impl IntoIterator<Item = NodeId>) -> Recovered {
-        Recovered { snapshot: Some(Snapshot::bootstrap(Membership::with_voters(voters), Vec::new())), ..Recovered::default() }
+        Recovered {
+            snapshot: Some(Snapshot::bootstrap(
+                Membership::with_voters(voters),
+                Vec::new(),
+            )),
+            ..Recovered::default()
+        }
     }
 }

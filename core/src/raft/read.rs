@@ -36,7 +36,10 @@ impl<S: StateMachine> RaftNode<S> {
     }
 
     fn pending_reads(&self) -> usize {
-        let leader = self.lead.as_ref().map_or(0, |l| l.reads.len() + l.reads_before_commit.len());
+        let leader = self
+            .lead
+            .as_ref()
+            .map_or(0, |l| l.reads.len() + l.reads_before_commit.len());
         leader + self.ready_reads.len() + self.remote_reads.len()
     }
 
@@ -58,7 +61,12 @@ impl<S: StateMachine> RaftNode<S> {
             return;
         }
         let round = lead.round + 1;
-        lead.reads.push_back(LeaderRead { origin, id, index: commit, round });
+        lead.reads.push_back(LeaderRead {
+            origin,
+            id,
+            index: commit,
+            round,
+        });
         lead.round_needed = true;
     }
 
@@ -96,7 +104,13 @@ impl<S: StateMachine> RaftNode<S> {
         let mut acked: Vec<u64> = membership
             .voters
             .iter()
-            .map(|id| if *id == self.id { lead.round } else { lead.progress.get(id).map_or(0, |p| p.acked_round) })
+            .map(|id| {
+                if *id == self.id {
+                    lead.round
+                } else {
+                    lead.progress.get(id).map_or(0, |p| p.acked_round)
+                }
+            })
             .collect();
         if acked.is_empty() {
             return;
@@ -144,7 +158,11 @@ impl<S: StateMachine> RaftNode<S> {
 
     /// Leader: the no-op of this term committed; reads that waited for it join a round.
     pub(crate) fn on_first_commit_in_term(&mut self) {
-        let waiting: Vec<(ReadOrigin, ReadId)> = self.lead.as_mut().map(|l| l.reads_before_commit.drain(..).collect()).unwrap_or_default();
+        let waiting: Vec<(ReadOrigin, ReadId)> = self
+            .lead
+            .as_mut()
+            .map(|l| l.reads_before_commit.drain(..).collect())
+            .unwrap_or_default();
         for (origin, id) in waiting {
             self.leader_read(origin, id);
         }
@@ -153,7 +171,8 @@ impl<S: StateMachine> RaftNode<S> {
     /// Leadership lost: every read the leader held fails (never served stale).
     pub(crate) fn fail_leader_reads(&mut self) {
         let Some(lead) = &mut self.lead else { return };
-        let mut failed: Vec<(ReadOrigin, ReadId)> = lead.reads.drain(..).map(|r| (r.origin, r.id)).collect();
+        let mut failed: Vec<(ReadOrigin, ReadId)> =
+            lead.reads.drain(..).map(|r| (r.origin, r.id)).collect();
         failed.extend(lead.reads_before_commit.drain(..));
         for (origin, id) in failed {
             match origin {
@@ -175,7 +194,12 @@ impl<S: StateMachine> RaftNode<S> {
     pub(crate) fn expire_remote_reads(&mut self) {
         let deadline = self.cfg.election_timeout;
         let now = self.now;
-        let expired: Vec<ReadId> = self.remote_reads.iter().filter(|(_, (_, sent))| now >= *sent + deadline).map(|(id, _)| *id).collect();
+        let expired: Vec<ReadId> = self
+            .remote_reads
+            .iter()
+            .filter(|(_, (_, sent))| now >= *sent + deadline)
+            .map(|(id, _)| *id)
+            .collect();
         for id in expired {
             self.remote_reads.remove(&id);
             self.emit(Event::ReadFailed { id });

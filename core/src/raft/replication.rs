@@ -2,7 +2,9 @@
 //! the follower's consistency check, heartbeats, and commitment (§5.4.2).
 
 use crate::ids::{LogId, LogIndex, NodeId};
-use crate::raft::message::{AppendRequest, AppendResponse, Body, HeartbeatRequest, HeartbeatResponse};
+use crate::raft::message::{
+    AppendRequest, AppendResponse, Body, HeartbeatRequest, HeartbeatResponse,
+};
 use crate::raft::node::RaftNode;
 use crate::raft::progress::ProgressState;
 use crate::raft::state_machine::StateMachine;
@@ -17,19 +19,25 @@ impl<S: StateMachine> RaftNode<S> {
         let append_timeout = self.cfg.append_timeout;
         loop {
             let Some(lead) = &mut self.lead else { return };
-            let Some(pr) = lead.progress.get_mut(&to) else { return };
+            let Some(pr) = lead.progress.get_mut(&to) else {
+                return;
+            };
             match pr.state {
                 ProgressState::Snapshot { .. } => return,
                 ProgressState::Probe { sent_at: Some(t) } if now < t + append_timeout => return,
-                ProgressState::Replicate if pr.inflight.len() >= self.cfg.inflight_messages_max => return,
+                ProgressState::Replicate if pr.inflight.len() >= self.cfg.inflight_messages_max => {
+                    return
+                }
                 _ => {}
             }
             let probing = matches!(pr.state, ProgressState::Probe { .. });
             let next = pr.next_index;
             let prev_index = next.prev();
-            let (Some(prev_term), Some(entries)) =
-                (self.log.term(prev_index), self.log.entries_from(next, self.cfg.append_entries_max, self.cfg.append_bytes_max))
-            else {
+            let (Some(prev_term), Some(entries)) = (
+                self.log.term(prev_index),
+                self.log
+                    .entries_from(next, self.cfg.append_entries_max, self.cfg.append_bytes_max),
+            ) else {
                 // What the follower needs was compacted away: send the snapshot (Raft §7).
                 self.start_snapshot(to);
                 return;
@@ -46,7 +54,11 @@ impl<S: StateMachine> RaftNode<S> {
             }
             self.stats.appends_sent += 1;
             self.stats.entries_sent += entries.len() as u64;
-            let req = AppendRequest { prev: LogId::new(prev_term, prev_index), entries, commit: self.commit };
+            let req = AppendRequest {
+                prev: LogId::new(prev_term, prev_index),
+                entries,
+                commit: self.commit,
+            };
             self.send(to, Body::Append(req));
             if probing {
                 return;
@@ -60,11 +72,17 @@ impl<S: StateMachine> RaftNode<S> {
             self.stats.messages_invalid += 1;
             return;
         }
-        let AppendRequest { mut prev, mut entries, commit } = req;
+        let AppendRequest {
+            mut prev,
+            mut entries,
+            commit,
+        } = req;
         // Entries at or below our commit are committed and therefore already ours (Log Matching);
         // skip them so a stale or compacted prefix never causes a truncation (checklist 7).
         if prev.index < self.commit {
-            let skip = usize::try_from(self.commit.0 - prev.index.0).unwrap_or(usize::MAX).min(entries.len());
+            let skip = usize::try_from(self.commit.0 - prev.index.0)
+                .unwrap_or(usize::MAX)
+                .min(entries.len());
             if let Some(last_skipped) = skip.checked_sub(1).map(|i| entries[i].id) {
                 prev = last_skipped;
             }
@@ -72,15 +90,28 @@ impl<S: StateMachine> RaftNode<S> {
             if prev.index < self.commit {
                 // The whole message is behind our commit: everything it carries matches.
                 let match_index = prev.index;
-                self.send(from, Body::AppendResp(AppendResponse::Accepted { match_index }));
+                self.send(
+                    from,
+                    Body::AppendResp(AppendResponse::Accepted { match_index }),
+                );
                 return;
             }
         }
         match self.log.term(prev.index) {
             Some(t) if t == prev.term => {}
             _ => {
-                let hint = if prev.index > self.log.last_index() { self.log.last_id() } else { self.log.conflict_hint(prev.index, prev.term) };
-                self.send(from, Body::AppendResp(AppendResponse::Rejected { rejected: prev.index, hint }));
+                let hint = if prev.index > self.log.last_index() {
+                    self.log.last_id()
+                } else {
+                    self.log.conflict_hint(prev.index, prev.term)
+                };
+                self.send(
+                    from,
+                    Body::AppendResp(AppendResponse::Rejected {
+                        rejected: prev.index,
+                        hint,
+                    }),
+                );
                 return;
             }
         }
@@ -116,7 +147,10 @@ impl<S: StateMachine> RaftNode<S> {
             self.mark_hard_state();
             self.apply_committed();
         }
-        self.send(from, Body::AppendResp(AppendResponse::Accepted { match_index }));
+        self.send(
+            from,
+            Body::AppendResp(AppendResponse::Accepted { match_index }),
+        );
     }
 
     /// Structural validation of an append from a possibly hostile peer: consecutive indexes, terms
@@ -159,12 +193,16 @@ impl<S: StateMachine> RaftNode<S> {
                     return;
                 }
                 let advanced = pr.on_match(match_index, now);
-                if matches!(pr.state, ProgressState::Probe { .. }) && (advanced || match_index == pr.match_index) {
+                if matches!(pr.state, ProgressState::Probe { .. })
+                    && (advanced || match_index == pr.match_index)
+                {
                     pr.state = ProgressState::Replicate;
                     pr.next_index = pr.match_index.next();
                     pr.inflight.clear();
                 }
-                let transfer_ready = lead.transfer.is_some_and(|(to, _)| to == from) && pr.match_index == last && !pr.timeout_now_sent;
+                let transfer_ready = lead.transfer.is_some_and(|(to, _)| to == from)
+                    && pr.match_index == last
+                    && !pr.timeout_now_sent;
                 if transfer_ready {
                     pr.timeout_now_sent = true;
                 }
@@ -189,7 +227,13 @@ impl<S: StateMachine> RaftNode<S> {
                 } else {
                     hint.index
                 };
-                let pr = self.lead.as_mut().expect("leader").progress.get_mut(&from).expect("present");
+                let pr = self
+                    .lead
+                    .as_mut()
+                    .expect("leader")
+                    .progress
+                    .get_mut(&from)
+                    .expect("present");
                 pr.become_probe();
                 pr.next_index = probe_from.next().min(rejected).max(pr.match_index.next());
                 self.send_append(from);
@@ -205,7 +249,13 @@ impl<S: StateMachine> RaftNode<S> {
         let mut matches: Vec<LogIndex> = membership
             .voters
             .iter()
-            .map(|id| if *id == self.id { self.durable_match } else { lead.progress.get(id).map_or(LogIndex(0), |p| p.match_index) })
+            .map(|id| {
+                if *id == self.id {
+                    self.durable_match
+                } else {
+                    lead.progress.get(id).map_or(LogIndex(0), |p| p.match_index)
+                }
+            })
             .collect();
         if matches.is_empty() {
             return;
@@ -235,11 +285,15 @@ impl<S: StateMachine> RaftNode<S> {
         for (id, pr) in &mut lead.progress {
             match pr.state {
                 // Appends unacknowledged for too long are presumed lost: probe again.
-                ProgressState::Replicate if !pr.inflight.is_empty() && now >= pr.last_ack_at + append_timeout => {
+                ProgressState::Replicate
+                    if !pr.inflight.is_empty() && now >= pr.last_ack_at + append_timeout =>
+                {
                     pr.become_probe();
                     resend.push(*id);
                 }
-                ProgressState::Snapshot { sent_at, .. } if now >= sent_at + append_timeout => resend.push(*id),
+                ProgressState::Snapshot { sent_at, .. } if now >= sent_at + append_timeout => {
+                    resend.push(*id)
+                }
                 _ if pr.match_index < last => resend.push(*id),
                 _ => {}
             }
@@ -251,7 +305,11 @@ impl<S: StateMachine> RaftNode<S> {
     }
 
     fn resend(&mut self, id: NodeId) {
-        let is_snapshot = self.lead.as_ref().and_then(|l| l.progress.get(&id)).is_some_and(|p| matches!(p.state, ProgressState::Snapshot { .. }));
+        let is_snapshot = self
+            .lead
+            .as_ref()
+            .and_then(|l| l.progress.get(&id))
+            .is_some_and(|p| matches!(p.state, ProgressState::Snapshot { .. }));
         if is_snapshot {
             self.send_snapshot_chunk(id);
         } else {
@@ -270,7 +328,11 @@ impl<S: StateMachine> RaftNode<S> {
         while lead.round_sent.len() > ROUNDS_REMEMBERED_MAX {
             lead.round_sent.pop_front();
         }
-        let targets: Vec<(NodeId, LogIndex)> = lead.progress.iter().map(|(id, p)| (*id, commit.min(p.match_index))).collect();
+        let targets: Vec<(NodeId, LogIndex)> = lead
+            .progress
+            .iter()
+            .map(|(id, p)| (*id, commit.min(p.match_index)))
+            .collect();
         for (id, commit) in targets {
             self.send(id, Body::Heartbeat(HeartbeatRequest { commit, round }));
         }
@@ -286,7 +348,10 @@ impl<S: StateMachine> RaftNode<S> {
             self.apply_committed();
         }
         self.expire_remote_reads();
-        let resp = HeartbeatResponse { round: req.round, last_index: self.log.last_index() };
+        let resp = HeartbeatResponse {
+            round: req.round,
+            last_index: self.log.last_index(),
+        };
         self.send(from, Body::HeartbeatResp(resp));
     }
 

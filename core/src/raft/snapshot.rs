@@ -18,28 +18,47 @@ impl<S: StateMachine> RaftNode<S> {
         if self.applied.0 - snap_index.0 < self.cfg.snapshot_threshold_entries {
             return;
         }
-        let last = LogId::new(self.log.term(self.applied).expect("applied entry is held"), self.applied);
+        let last = LogId::new(
+            self.log.term(self.applied).expect("applied entry is held"),
+            self.applied,
+        );
         let data = self.dedup.snapshot(&self.sm);
-        let meta = SnapshotMeta { last, membership: self.log.membership_at(self.applied).clone(), data_hash: *blake3::hash(&data).as_bytes() };
+        let meta = SnapshotMeta {
+            last,
+            membership: self.log.membership_at(self.applied).clone(),
+            data_hash: *blake3::hash(&data).as_bytes(),
+        };
         let snapshot = Snapshot { meta, data };
         self.log.set_snapshot(snapshot.clone());
         self.stage(PersistOp::Snapshot(snapshot));
-        let upto_index = crate::ids::LogIndex(self.applied.0.saturating_sub(self.cfg.snapshot_trailing_entries));
+        let upto_index = crate::ids::LogIndex(
+            self.applied
+                .0
+                .saturating_sub(self.cfg.snapshot_trailing_entries),
+        );
         if upto_index > self.log.base().index {
             let upto = LogId::new(self.log.term(upto_index).expect("held"), upto_index);
             self.log.compact(upto_index);
             self.stage(PersistOp::Compact { upto });
         }
         self.stats.snapshots_taken += 1;
-        self.emit(Event::SnapshotTaken { index: self.applied });
+        self.emit(Event::SnapshotTaken {
+            index: self.applied,
+        });
     }
 
     /// Leader: switches `to` to snapshot replication.
     pub(crate) fn start_snapshot(&mut self, to: NodeId) {
         let last = self.current_snapshot().meta.last;
         let now = self.now;
-        let Some(pr) = self.lead.as_mut().and_then(|l| l.progress.get_mut(&to)) else { return };
-        pr.state = ProgressState::Snapshot { last, offset: 0, sent_at: now };
+        let Some(pr) = self.lead.as_mut().and_then(|l| l.progress.get_mut(&to)) else {
+            return;
+        };
+        pr.state = ProgressState::Snapshot {
+            last,
+            offset: 0,
+            sent_at: now,
+        };
         pr.inflight.clear();
         self.send_snapshot_chunk(to);
     }
@@ -50,13 +69,30 @@ impl<S: StateMachine> RaftNode<S> {
         let now = self.now;
         let snapshot = self.log.snapshot();
         let total = snapshot.data.len() as u64;
-        let Some(pr) = self.lead.as_mut().and_then(|l| l.progress.get_mut(&to)) else { return };
-        let ProgressState::Snapshot { last, offset, .. } = pr.state else { return };
-        let offset = if last == snapshot.meta.last { offset.min(total) } else { 0 };
-        pr.state = ProgressState::Snapshot { last: snapshot.meta.last, offset, sent_at: now };
+        let Some(pr) = self.lead.as_mut().and_then(|l| l.progress.get_mut(&to)) else {
+            return;
+        };
+        let ProgressState::Snapshot { last, offset, .. } = pr.state else {
+            return;
+        };
+        let offset = if last == snapshot.meta.last {
+            offset.min(total)
+        } else {
+            0
+        };
+        pr.state = ProgressState::Snapshot {
+            last: snapshot.meta.last,
+            offset,
+            sent_at: now,
+        };
         let start = usize::try_from(offset).expect("snapshot fits in memory");
         let end = (start + self.cfg.snapshot_chunk_bytes).min(snapshot.data.len());
-        let chunk = SnapshotChunk { meta: snapshot.meta.clone(), offset, total, data: snapshot.data[start..end].to_vec() };
+        let chunk = SnapshotChunk {
+            meta: snapshot.meta.clone(),
+            offset,
+            total,
+            data: snapshot.data[start..end].to_vec(),
+        };
         self.stats.snapshot_chunks_sent += 1;
         self.send(to, Body::Snapshot(chunk));
     }
@@ -73,7 +109,12 @@ impl<S: StateMachine> RaftNode<S> {
         };
         if ack.done {
             // Installed, or the follower already committed past it: it holds everything up to there.
-            if ack.last.index <= self.log.last_index() && self.log.term(ack.last.index).is_none_or(|t| t == ack.last.term) {
+            if ack.last.index <= self.log.last_index()
+                && self
+                    .log
+                    .term(ack.last.index)
+                    .is_none_or(|t| t == ack.last.term)
+            {
                 let now = self.now;
                 pr.on_match(ack.last.index, now);
                 pr.become_probe();
@@ -99,56 +140,110 @@ impl<S: StateMachine> RaftNode<S> {
         let last = chunk.meta.last;
         if last.index <= self.commit {
             // Already have everything it covers (etcd TestRestoreIgnoreSnapshot).
-            let ack = SnapshotAck { last: LogId::new(self.log.term(self.commit).unwrap_or(last.term), self.commit), next_offset: chunk.total, done: true };
+            let ack = SnapshotAck {
+                last: LogId::new(self.log.term(self.commit).unwrap_or(last.term), self.commit),
+                next_offset: chunk.total,
+                done: true,
+            };
             self.send(from, Body::SnapshotResp(ack));
             return;
         }
-        if chunk.total > self.cfg.snapshot_bytes_max || chunk.offset.saturating_add(chunk.data.len() as u64) > chunk.total || last.term > self.term {
+        if chunk.total > self.cfg.snapshot_bytes_max
+            || chunk.offset.saturating_add(chunk.data.len() as u64) > chunk.total
+            || last.term > self.term
+        {
             self.stats.messages_invalid += 1;
             return;
         }
-        let same = self.incoming_snapshot.as_ref().is_some_and(|s| s.term == self.term && s.meta == chunk.meta && s.total == chunk.total);
+        let same = self
+            .incoming_snapshot
+            .as_ref()
+            .is_some_and(|s| s.term == self.term && s.meta == chunk.meta && s.total == chunk.total);
         if !same {
             if chunk.offset != 0 {
                 // A different transfer is in progress on the leader's side: ask it to restart.
-                self.send(from, Body::SnapshotResp(SnapshotAck { last, next_offset: 0, done: false }));
+                self.send(
+                    from,
+                    Body::SnapshotResp(SnapshotAck {
+                        last,
+                        next_offset: 0,
+                        done: false,
+                    }),
+                );
                 return;
             }
             let capacity = usize::try_from(chunk.total.min(1 << 20)).unwrap_or(0);
-            self.incoming_snapshot = Some(IncomingSnapshot { term: self.term, meta: chunk.meta.clone(), total: chunk.total, data: Vec::with_capacity(capacity) });
+            self.incoming_snapshot = Some(IncomingSnapshot {
+                term: self.term,
+                meta: chunk.meta.clone(),
+                total: chunk.total,
+                data: Vec::with_capacity(capacity),
+            });
         }
         let incoming = self.incoming_snapshot.as_mut().expect("set above");
         if chunk.offset != incoming.data.len() as u64 {
             // A lost or duplicated chunk: tell the leader where to resume.
             let next_offset = incoming.data.len() as u64;
-            self.send(from, Body::SnapshotResp(SnapshotAck { last, next_offset, done: false }));
+            self.send(
+                from,
+                Body::SnapshotResp(SnapshotAck {
+                    last,
+                    next_offset,
+                    done: false,
+                }),
+            );
             return;
         }
         incoming.data.extend_from_slice(&chunk.data);
         if (incoming.data.len() as u64) < incoming.total {
             let next_offset = incoming.data.len() as u64;
-            self.send(from, Body::SnapshotResp(SnapshotAck { last, next_offset, done: false }));
+            self.send(
+                from,
+                Body::SnapshotResp(SnapshotAck {
+                    last,
+                    next_offset,
+                    done: false,
+                }),
+            );
             return;
         }
         let incoming = self.incoming_snapshot.take().expect("set above");
         if *blake3::hash(&incoming.data).as_bytes() != incoming.meta.data_hash {
             self.stats.messages_invalid += 1;
-            self.send(from, Body::SnapshotResp(SnapshotAck { last, next_offset: 0, done: false }));
+            self.send(
+                from,
+                Body::SnapshotResp(SnapshotAck {
+                    last,
+                    next_offset: 0,
+                    done: false,
+                }),
+            );
             return;
         }
-        let snapshot = Snapshot { meta: incoming.meta, data: incoming.data };
+        let snapshot = Snapshot {
+            meta: incoming.meta,
+            data: incoming.data,
+        };
         if let Err(err) = self.dedup.restore(&mut self.sm, &snapshot.data) {
             self.stats.messages_invalid += 1;
             tracing::warn!(node = %self.id, %err, "snapshot from leader does not decode");
             return;
         }
         self.install_snapshot(snapshot);
-        self.send(from, Body::SnapshotResp(SnapshotAck { last, next_offset: 0, done: true }));
+        self.send(
+            from,
+            Body::SnapshotResp(SnapshotAck {
+                last,
+                next_offset: 0,
+                done: true,
+            }),
+        );
     }
 
     fn install_snapshot(&mut self, snapshot: Snapshot) {
         let last = snapshot.meta.last;
-        let membership_changed = self.log.membership() != &snapshot.meta.membership || self.log.membership_index() > last.index;
+        let membership_changed = self.log.membership() != &snapshot.meta.membership
+            || self.log.membership_index() > last.index;
         self.log.install_snapshot(snapshot.clone());
         self.stage(PersistOp::Snapshot(snapshot));
         self.durable_match = self.durable_match.min(self.log.last_index());

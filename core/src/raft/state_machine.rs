@@ -76,7 +76,11 @@ impl DedupTable {
     #[must_use]
     pub fn new(clients_max: usize) -> DedupTable {
         assert!(clients_max > 0);
-        DedupTable { clients: BTreeMap::new(), by_index: BTreeMap::new(), clients_max }
+        DedupTable {
+            clients: BTreeMap::new(),
+            by_index: BTreeMap::new(),
+            clients_max,
+        }
     }
 
     /// The number of client sessions held.
@@ -92,7 +96,13 @@ impl DedupTable {
     }
 
     /// Applies `data` for `(ctx.client, seq)` through `sm` unless it is a retry.
-    pub fn apply<S: StateMachine>(&mut self, sm: &mut S, ctx: &ApplyContext, seq: u64, data: &[u8]) -> Applied {
+    pub fn apply<S: StateMachine>(
+        &mut self,
+        sm: &mut S,
+        ctx: &ApplyContext,
+        seq: u64,
+        data: &[u8],
+    ) -> Applied {
         if let Some(rec) = self.clients.get(&ctx.client) {
             if seq == rec.seq {
                 return Applied::Duplicate(rec.response.clone());
@@ -105,7 +115,14 @@ impl DedupTable {
         if let Some(old) = self.clients.remove(&ctx.client) {
             self.by_index.remove(&old.last_index);
         }
-        self.clients.insert(ctx.client, ClientRecord { seq, response: response.clone(), last_index: ctx.index });
+        self.clients.insert(
+            ctx.client,
+            ClientRecord {
+                seq,
+                response: response.clone(),
+                last_index: ctx.index,
+            },
+        );
         self.by_index.insert(ctx.index, ctx.client);
         while self.clients.len() > self.clients_max {
             let (_, victim) = self.by_index.pop_first().expect("by_index mirrors clients");
@@ -120,25 +137,50 @@ impl DedupTable {
     pub fn snapshot<S: StateMachine>(&self, sm: &S) -> Vec<u8> {
         let env = SnapshotEnvelope {
             version: SNAPSHOT_VERSION,
-            clients: self.clients.iter().map(|(c, r)| (*c, r.seq, r.response.clone(), r.last_index)).collect(),
+            clients: self
+                .clients
+                .iter()
+                .map(|(c, r)| (*c, r.seq, r.response.clone(), r.last_index))
+                .collect(),
             app: sm.snapshot(),
         };
         postcard::to_stdvec(&env).expect("encoding to a Vec cannot fail")
     }
 
     /// Restores the table and the application from `data`; on error neither changes.
-    pub fn restore<S: StateMachine>(&mut self, sm: &mut S, data: &[u8]) -> Result<(), SnapshotDecodeError> {
-        let env: SnapshotEnvelope = postcard::from_bytes(data).map_err(|e| SnapshotDecodeError(e.to_string()))?;
+    pub fn restore<S: StateMachine>(
+        &mut self,
+        sm: &mut S,
+        data: &[u8],
+    ) -> Result<(), SnapshotDecodeError> {
+        let env: SnapshotEnvelope =
+            postcard::from_bytes(data).map_err(|e| SnapshotDecodeError(e.to_string()))?;
         if env.version != SNAPSHOT_VERSION {
-            return Err(SnapshotDecodeError(format!("unknown snapshot version {}", env.version)));
+            return Err(SnapshotDecodeError(format!(
+                "unknown snapshot version {}",
+                env.version
+            )));
         }
         if env.clients.len() > self.clients_max {
-            return Err(SnapshotDecodeError("more client sessions than clients_max".into()));
+            return Err(SnapshotDecodeError(
+                "more client sessions than clients_max".into(),
+            ));
         }
         let mut clients = BTreeMap::new();
         let mut by_index = BTreeMap::new();
         for (c, seq, response, last_index) in env.clients {
-            if by_index.insert(last_index, c).is_some() || clients.insert(c, ClientRecord { seq, response, last_index }).is_some() {
+            if by_index.insert(last_index, c).is_some()
+                || clients
+                    .insert(
+                        c,
+                        ClientRecord {
+                            seq,
+                            response,
+                            last_index,
+                        },
+                    )
+                    .is_some()
+            {
                 return Err(SnapshotDecodeError("duplicate client session".into()));
             }
         }
@@ -164,22 +206,35 @@ mod tests {
             self.0.to_le_bytes().to_vec()
         }
         fn restore(&mut self, data: &[u8]) -> Result<(), SnapshotDecodeError> {
-            let b: [u8; 8] = data.try_into().map_err(|_| SnapshotDecodeError("len".into()))?;
+            let b: [u8; 8] = data
+                .try_into()
+                .map_err(|_| SnapshotDecodeError("len".into()))?;
             self.0 = u64::from_le_bytes(b);
             Ok(())
         }
     }
 
     fn ctx(client: u64, index: u64) -> ApplyContext {
-        ApplyContext { index: LogIndex(index), term: Term(1), unix_ms: 0, client: ClientId(client) }
+        ApplyContext {
+            index: LogIndex(index),
+            term: Term(1),
+            unix_ms: 0,
+            client: ClientId(client),
+        }
     }
 
     #[test]
     fn retry_applies_once_and_evicts_oldest() {
         let mut sm = Counter::default();
         let mut t = DedupTable::new(2);
-        assert_eq!(t.apply(&mut sm, &ctx(1, 1), 1, b""), Applied::Fresh(1u64.to_le_bytes().to_vec()));
-        assert_eq!(t.apply(&mut sm, &ctx(1, 2), 1, b""), Applied::Duplicate(1u64.to_le_bytes().to_vec()));
+        assert_eq!(
+            t.apply(&mut sm, &ctx(1, 1), 1, b""),
+            Applied::Fresh(1u64.to_le_bytes().to_vec())
+        );
+        assert_eq!(
+            t.apply(&mut sm, &ctx(1, 2), 1, b""),
+            Applied::Duplicate(1u64.to_le_bytes().to_vec())
+        );
         assert_eq!(t.apply(&mut sm, &ctx(1, 3), 0, b""), Applied::Stale);
         assert_eq!(sm.0, 1);
         t.apply(&mut sm, &ctx(2, 4), 1, b"");

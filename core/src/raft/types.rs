@@ -71,7 +71,10 @@ impl Membership {
     /// A membership of voters only.
     #[must_use]
     pub fn with_voters(voters: impl IntoIterator<Item = NodeId>) -> Membership {
-        Membership { voters: voters.into_iter().collect(), learners: BTreeSet::new() }
+        Membership {
+            voters: voters.into_iter().collect(),
+            learners: BTreeSet::new(),
+        }
     }
 
     /// Whether `id` votes.
@@ -145,6 +148,13 @@ impl Snapshot {
     #[must_use]
     pub fn bootstrap(membership: Membership, data: Vec<u8>) -> Snapshot {
         let data_hash = *blake3::hash(&data).as_bytes();
-        Snapshot { meta: SnapshotMeta { last: LogId::default(), membership, data_hash }, data }
+        Snapshot {
+            meta: SnapshotMeta {
+                last: LogId::default(),
+                membership,
+                data_hash,
+            },
+            data,
+        }
     }
 }

@@ -13,7 +13,10 @@ use std::collections::BTreeSet;
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "paloma-sim", about = "Deterministic chaos simulation of Paloma's Raft cluster")]
+#[command(
+    name = "paloma-sim",
+    about = "Deterministic chaos simulation of Paloma's Raft cluster"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Option<Cmd>,
@@ -56,20 +59,47 @@ enum Cmd {
 }
 
 fn family(name: &str) -> Result<Family, String> {
-    Family::parse(name).ok_or_else(|| format!("unknown family {name:?} (expected chaos5, chaos3 or membership)"))
+    Family::parse(name)
+        .ok_or_else(|| format!("unknown family {name:?} (expected chaos5, chaos3 or membership)"))
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let result = match cli.cmd.unwrap_or(Cmd::Watch { seed: 1, family: "chaos5".into(), quiet: false }) {
-        Cmd::Watch { seed, family: f, quiet } => family(&f).map(|f| watch(f, seed, None, quiet)),
-        Cmd::Replay { seed, family: f, faults } => family(&f).and_then(|f| {
+    let result = match cli.cmd.unwrap_or(Cmd::Watch {
+        seed: 1,
+        family: "chaos5".into(),
+        quiet: false,
+    }) {
+        Cmd::Watch {
+            seed,
+            family: f,
+            quiet,
+        } => family(&f).map(|f| watch(f, seed, None, quiet)),
+        Cmd::Replay {
+            seed,
+            family: f,
+            faults,
+        } => family(&f).and_then(|f| {
             let mask = faults
-                .map(|s| s.split(',').filter(|x| !x.is_empty()).map(|x| x.trim().parse::<usize>().map_err(|e| format!("bad fault index {x:?}: {e}"))).collect::<Result<BTreeSet<_>, _>>())
+                .map(|s| {
+                    s.split(',')
+                        .filter(|x| !x.is_empty())
+                        .map(|x| {
+                            x.trim()
+                                .parse::<usize>()
+                                .map_err(|e| format!("bad fault index {x:?}: {e}"))
+                        })
+                        .collect::<Result<BTreeSet<_>, _>>()
+                })
                 .transpose()?;
             Ok(watch(f, seed, mask, false))
         }),
-        Cmd::Sweep { seeds, first, family: f, jobs } => family(&f).map(|f| run_sweep(f, first, seeds, jobs)),
+        Cmd::Sweep {
+            seeds,
+            first,
+            family: f,
+            jobs,
+        } => family(&f).map(|f| run_sweep(f, first, seeds, jobs)),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,
@@ -82,7 +112,11 @@ fn main() -> ExitCode {
 }
 
 fn watch(family: Family, seed: u64, mask: Option<BTreeSet<usize>>, quiet: bool) -> bool {
-    let cfg = SimConfig { trace: !quiet, fault_mask: mask.clone(), ..family.config(seed) };
+    let cfg = SimConfig {
+        trace: !quiet,
+        fault_mask: mask.clone(),
+        ..family.config(seed)
+    };
     println!("Simulating {} nodes for {:?} of chaos (partitions, crashes with torn writes, {}% loss, {}% duplication, latency spikes, clock drift up to {}%) then {:?} healed.",
         cfg.nodes, cfg.chaos, cfg.faults.loss_ppm / 10_000, cfg.faults.dup_ppm / 10_000, cfg.faults.drift_ppm_max / 10_000, cfg.liveness);
     let (report, trace) = run_one(cfg);
@@ -117,7 +151,12 @@ fn run_sweep(family: Family, first: u64, count: u64, jobs: usize) -> bool {
     let wall = start.elapsed().as_secs_f64();
     for report in &result.failed {
         let mask = shrink(family, report.seed);
-        println!("seed {} shrunk to faults {:?}; replay: {}", report.seed, mask, replay_command(family, report.seed, Some(&mask)));
+        println!(
+            "seed {} shrunk to faults {:?}; replay: {}",
+            report.seed,
+            mask,
+            replay_command(family, report.seed, Some(&mask))
+        );
     }
     println!(
         "{} seeds of {} in {:.1}s wall, {:.0} simulated seconds ({:.0}x real time)",

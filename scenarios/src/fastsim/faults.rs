@@ -60,7 +60,15 @@ impl Faults {
     /// No faults at all: a perfect network and no crashes.
     #[must_use]
     pub fn none() -> Faults {
-        Faults { loss_ppm: 0, dup_ppm: 0, spike_ppm: 0, partitions: false, crashes: false, drift_ppm_max: 0, ..Faults::default() }
+        Faults {
+            loss_ppm: 0,
+            dup_ppm: 0,
+            spike_ppm: 0,
+            partitions: false,
+            crashes: false,
+            drift_ppm_max: 0,
+            ..Faults::default()
+        }
     }
 }
 
@@ -125,7 +133,10 @@ impl FaultPlan {
         let voters = nodes;
         let mut events = Vec::new();
         let end = u64::try_from(chaos.as_nanos()).unwrap_or(u64::MAX);
-        let (lo, hi) = (f.interval_min.as_nanos() as u64, f.interval_max.as_nanos() as u64);
+        let (lo, hi) = (
+            f.interval_min.as_nanos() as u64,
+            f.interval_max.as_nanos() as u64,
+        );
         let mut t = 500_000_000u64;
         if voters.len() < 2 || (!f.partitions && !f.crashes) {
             return FaultPlan { events };
@@ -142,7 +153,12 @@ impl FaultPlan {
             }
             let roll = rng.below(100);
             if f.membership && rng.below(100) < 30 {
-                events.push((t, Fault::Reconfigure { choice: rng.next_u64() }));
+                events.push((
+                    t,
+                    Fault::Reconfigure {
+                        choice: rng.next_u64(),
+                    },
+                ));
                 continue;
             }
             let fault = if f.partitions && roll < 20 {
@@ -150,23 +166,39 @@ impl FaultPlan {
             } else if f.partitions && roll < 35 {
                 // Isolate one node (a minority partition).
                 let (one, rest) = shuffled.split_at(1);
-                Fault::Partition { groups: vec![one.to_vec(), rest.to_vec()] }
+                Fault::Partition {
+                    groups: vec![one.to_vec(), rest.to_vec()],
+                }
             } else if f.partitions && roll < 50 {
                 // Split into a majority and a minority of more than one node where possible.
                 let cut = (voters.len() - 1) / 2;
                 let (minority, majority) = shuffled.split_at(cut.max(1));
-                Fault::Partition { groups: vec![minority.to_vec(), majority.to_vec()] }
+                Fault::Partition {
+                    groups: vec![minority.to_vec(), majority.to_vec()],
+                }
             } else if f.partitions && roll < 60 && voters.len() >= 3 {
                 let bridge = shuffled[0];
                 let half = (shuffled.len() - 1) / 2;
-                Fault::Bridge { bridge, left: shuffled[1..1 + half].to_vec(), right: shuffled[1 + half..].to_vec() }
+                Fault::Bridge {
+                    bridge,
+                    left: shuffled[1..1 + half].to_vec(),
+                    right: shuffled[1 + half..].to_vec(),
+                }
             } else if f.partitions && roll < 70 {
-                Fault::OneWay { from: shuffled[0], to: shuffled[1] }
+                Fault::OneWay {
+                    from: shuffled[0],
+                    to: shuffled[1],
+                }
             } else if f.crashes && roll < 85 {
                 let down_for = Duration::from_millis(100 + rng.below(3000));
-                Fault::Crash { node: shuffled[0], down_for }
+                Fault::Crash {
+                    node: shuffled[0],
+                    down_for,
+                }
             } else if f.crashes {
-                Fault::CrashLeader { down_for: Duration::from_millis(100 + rng.below(2000)) }
+                Fault::CrashLeader {
+                    down_for: Duration::from_millis(100 + rng.below(2000)),
+                }
             } else {
                 Fault::Heal
             };

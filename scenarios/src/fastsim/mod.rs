@@ -71,7 +71,12 @@ impl SimConfig {
             keys: 3,
             read_pct: 30,
             faults: Faults::default(),
-            raft: Config { snapshot_threshold_entries: 64, snapshot_trailing_entries: 8, snapshot_chunk_bytes: 256, ..Config::default() },
+            raft: Config {
+                snapshot_threshold_entries: 64,
+                snapshot_trailing_entries: 8,
+                snapshot_chunk_bytes: 256,
+                ..Config::default()
+            },
             trace: false,
             fault_mask: None,
         }
@@ -207,7 +212,10 @@ pub struct Sim {
 
 impl std::fmt::Debug for Sim {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Sim").field("seed", &self.cfg.seed).field("now", &self.now).finish_non_exhaustive()
+        f.debug_struct("Sim")
+            .field("seed", &self.cfg.seed)
+            .field("now", &self.now)
+            .finish_non_exhaustive()
     }
 }
 
@@ -229,21 +237,43 @@ impl Sim {
                 let span = u64::from(cfg.faults.drift_ppm_max) * 2 + 1;
                 drift_rng.below(span) as i64 - i64::from(cfg.faults.drift_ppm_max)
             };
-            let recovered = if id.0 <= cfg.nodes { Recovered::bootstrap(voters.iter().copied()) } else { Recovered::default() };
+            let recovered = if id.0 <= cfg.nodes {
+                Recovered::bootstrap(voters.iter().copied())
+            } else {
+                Recovered::default()
+            };
             nodes.insert(
                 id,
-                SimNode { raft: None, disk: MemStorage::new(recovered), disk_queue: VecDeque::new(), disk_busy_until: 0, incarnation: 0, timer_generation: 0, drift_ppm, clock_base: (0, 0) },
+                SimNode {
+                    raft: None,
+                    disk: MemStorage::new(recovered),
+                    disk_queue: VecDeque::new(),
+                    disk_busy_until: 0,
+                    incarnation: 0,
+                    timer_generation: 0,
+                    drift_ppm,
+                    clock_base: (0, 0),
+                },
             );
         }
         let clients = (0..cfg.clients)
-            .map(|c| Client { id: ClientId(c as u64 + 1), seq: 0, target: voters[c % voters.len()], pending: None, generation: 0 })
+            .map(|c| Client {
+                id: ClientId(c as u64 + 1),
+                seq: 0,
+                target: voters[c % voters.len()],
+                pending: None,
+                generation: 0,
+            })
             .collect();
         let mut sim = Sim {
             net_rng: DetRng::fork(cfg.seed, "net"),
             disk_rng: DetRng::fork(cfg.seed, "disk"),
             client_rng: DetRng::fork(cfg.seed, "clients"),
             trace: Trace::new(cfg.trace),
-            report: Report { seed: cfg.seed, ..Report::default() },
+            report: Report {
+                seed: cfg.seed,
+                ..Report::default()
+            },
             cfg,
             now: 0,
             queue: BinaryHeap::new(),
@@ -390,17 +420,37 @@ impl Sim {
     }
 
     /// Runs `f` on a live node, then drains and routes its outputs, checks it, and re-arms its timer.
-    fn step_node(&mut self, id: NodeId, f: impl FnOnce(&mut RaftNode<Kv>, Instant)) -> Result<(), Violation> {
+    fn step_node(
+        &mut self,
+        id: NodeId,
+        f: impl FnOnce(&mut RaftNode<Kv>, Instant),
+    ) -> Result<(), Violation> {
         let now = self.local_now(id);
-        let node = self.nodes.get_mut(&id).expect("node").raft.as_mut().expect("live");
+        let node = self
+            .nodes
+            .get_mut(&id)
+            .expect("node")
+            .raft
+            .as_mut()
+            .expect("live");
         let before = (node.status().role, node.status().term);
         f(node, now);
         self.after_step(id, before)
     }
 
-    fn after_step(&mut self, id: NodeId, before: (Role, paloma_core::Term)) -> Result<(), Violation> {
+    fn after_step(
+        &mut self,
+        id: NodeId,
+        before: (Role, paloma_core::Term),
+    ) -> Result<(), Violation> {
         loop {
-            let node = self.nodes.get_mut(&id).expect("node").raft.as_mut().expect("live");
+            let node = self
+                .nodes
+                .get_mut(&id)
+                .expect("node")
+                .raft
+                .as_mut()
+                .expect("live");
             let Some(out) = node.poll_output() else { break };
             match out {
                 Output::Persist(batch) => self.submit_disk(id, batch),
@@ -411,7 +461,13 @@ impl Sim {
         let node = self.nodes[&id].raft.as_ref().expect("live");
         let st = node.status();
         if self.cfg.trace && (st.role, st.term) != before {
-            self.trace.line(self.now, format_args!("{id} is {:?} in {} (leader {:?}, commit {}, last {:?})", st.role, st.term, st.leader, st.commit.0, st.last));
+            self.trace.line(
+                self.now,
+                format_args!(
+                    "{id} is {:?} in {} (leader {:?}, commit {}, last {:?})",
+                    st.role, st.term, st.leader, st.commit.0, st.last
+                ),
+            );
         }
         self.checker.observe(node, Kv::digest)?;
         self.arm_timer(id);
@@ -419,25 +475,43 @@ impl Sim {
     }
 
     fn arm_timer(&mut self, id: NodeId) {
-        let Some((deadline, _kind)) = self.nodes[&id].raft.as_ref().and_then(|n| n.poll_timeout()) else { return };
+        let Some((deadline, _kind)) = self.nodes[&id].raft.as_ref().and_then(|n| n.poll_timeout())
+        else {
+            return;
+        };
         let at = self.to_global(id, deadline).max(self.now);
         let n = self.nodes.get_mut(&id).expect("node");
         n.timer_generation += 1;
         let generation = n.timer_generation;
-        self.schedule(at, Ev::Timer { node: id, generation });
+        self.schedule(
+            at,
+            Ev::Timer {
+                node: id,
+                generation,
+            },
+        );
     }
 
     // ----- disks ----------------------------------------------------------------------------------
 
     fn submit_disk(&mut self, id: NodeId, batch: PersistBatch) {
-        let latency = 50_000 + self.disk_rng.below(dur_nanos(self.cfg.faults.disk_latency_max).max(1));
+        let latency = 50_000
+            + self
+                .disk_rng
+                .below(dur_nanos(self.cfg.faults.disk_latency_max).max(1));
         let n = self.nodes.get_mut(&id).expect("node");
         n.disk_queue.push_back(batch);
         // Writes complete in order (one fsync after another).
         let done = (self.now + latency).max(n.disk_busy_until);
         n.disk_busy_until = done;
         let incarnation = n.incarnation;
-        self.schedule(done, Ev::DiskDone { node: id, incarnation });
+        self.schedule(
+            done,
+            Ev::DiskDone {
+                node: id,
+                incarnation,
+            },
+        );
     }
 
     fn on_disk_done(&mut self, id: NodeId, incarnation: u64) -> Result<(), Violation> {
@@ -445,13 +519,17 @@ impl Sim {
         if n.incarnation != incarnation || n.raft.is_none() {
             return Ok(());
         }
-        let Some(batch) = n.disk_queue.pop_front() else { return Ok(()) };
+        let Some(batch) = n.disk_queue.pop_front() else {
+            return Ok(());
+        };
         for op in &batch.ops {
             n.disk.apply_op(op);
         }
         let hs = n.disk.state().hard_state;
         self.checker.observe_durable(id, hs.term, hs.vote)?;
-        self.step_node(id, |raft, now| raft.handle(now, Input::Persisted(batch.seq)))
+        self.step_node(id, |raft, now| {
+            raft.handle(now, Input::Persisted(batch.seq))
+        })
     }
 
     // ----- network --------------------------------------------------------------------------------
@@ -470,7 +548,11 @@ impl Sim {
             self.report.messages.1 += 1;
             return;
         }
-        let copies = if self.lossy && self.net_rng.below(1_000_000) < u64::from(f.dup_ppm) { 2 } else { 1 };
+        let copies = if self.lossy && self.net_rng.below(1_000_000) < u64::from(f.dup_ppm) {
+            2
+        } else {
+            1
+        };
         self.report.messages.2 += copies - 1;
         let frame = env.encode();
         for _ in 0..copies {
@@ -478,9 +560,17 @@ impl Sim {
             let mut delay = lo + self.net_rng.below(hi.saturating_sub(lo).max(1));
             if self.lossy && self.net_rng.below(1_000_000) < u64::from(f.spike_ppm) {
                 // A latency spike long enough to reorder across heartbeats and elections.
-                delay += self.net_rng.below(2 * dur_nanos(self.cfg.raft.election_timeout));
+                delay += self
+                    .net_rng
+                    .below(2 * dur_nanos(self.cfg.raft.election_timeout));
             }
-            self.schedule(self.now + delay, Ev::Deliver { to: env.to, frame: frame.clone() });
+            self.schedule(
+                self.now + delay,
+                Ev::Deliver {
+                    to: env.to,
+                    frame: frame.clone(),
+                },
+            );
         }
     }
 
@@ -505,7 +595,11 @@ impl Sim {
                     }
                 }
             }
-            Fault::Bridge { bridge, left, right } => {
+            Fault::Bridge {
+                bridge,
+                left,
+                right,
+            } => {
                 // `bridge` talks to everyone; `left` and `right` cannot talk to each other (Howard 2020).
                 self.report.partitions += 1;
                 self.blocked.clear();
@@ -538,10 +632,16 @@ impl Sim {
     }
 
     fn reconfigure(&mut self, choice: u64) -> Result<(), Violation> {
-        let Some(leader) = self.leader() else { return Ok(()) };
+        let Some(leader) = self.leader() else {
+            return Ok(());
+        };
         let m = self.node(leader).expect("live").status().membership;
         let all: Vec<NodeId> = self.nodes.keys().copied().collect();
-        let spares: Vec<NodeId> = all.iter().copied().filter(|id| !m.contains(*id) && !self.removed.contains(id)).collect();
+        let spares: Vec<NodeId> = all
+            .iter()
+            .copied()
+            .filter(|id| !m.contains(*id) && !self.removed.contains(id))
+            .collect();
         let learners: Vec<NodeId> = m.learners.iter().copied().collect();
         let voters: Vec<NodeId> = m.voters.iter().copied().collect();
         let mut options = Vec::new();
@@ -554,8 +654,13 @@ impl Sim {
             return Ok(());
         }
         let change = options[(choice % options.len() as u64) as usize];
-        let result = self.with_node(leader, |n, now, unix_ms| n.change_membership(now, unix_ms, change))?;
-        self.trace.line(self.now, format_args!("{leader} proposes {change:?}: {result:?}"));
+        let result = self.with_node(leader, |n, now, unix_ms| {
+            n.change_membership(now, unix_ms, change)
+        })?;
+        self.trace.line(
+            self.now,
+            format_args!("{leader} proposes {change:?}: {result:?}"),
+        );
         if let (Ok(_), MembershipChange::Remove(id)) = (result, change) {
             // Node ids are never reused (etcd README): a removed node never comes back as a member.
             self.removed.insert(id);
@@ -588,7 +693,8 @@ impl Sim {
         }
         n.disk_queue.clear();
         self.checker.on_restart(id);
-        self.trace.line(self.now, format_args!("crash {id} (unsynced writes lost)"));
+        self.trace
+            .line(self.now, format_args!("crash {id} (unsynced writes lost)"));
     }
 
     /// Restarts `id` from its durable state (no-op if it is running).
@@ -598,7 +704,15 @@ impl Sim {
         }
         self.start_node(id);
         self.trace.line(self.now, format_args!("restart {id}"));
-        let before = (Role::Follower, self.nodes[&id].raft.as_ref().expect("started").status().term);
+        let before = (
+            Role::Follower,
+            self.nodes[&id]
+                .raft
+                .as_ref()
+                .expect("started")
+                .status()
+                .term,
+        );
         self.after_step(id, before)
     }
 
@@ -606,9 +720,13 @@ impl Sim {
         let now = self.local_now(id);
         let n = self.nodes.get_mut(&id).expect("node");
         let recovered = n.disk.state().clone();
-        let cfg = Config { id, ..self.cfg.raft.clone() };
+        let cfg = Config {
+            id,
+            ..self.cfg.raft.clone()
+        };
         let seed = self.cfg.seed ^ (id.0 << 48) ^ (n.incarnation << 32);
-        let raft = RaftNode::new(cfg, recovered, Kv::default(), seed, now).expect("recovered state is valid");
+        let raft = RaftNode::new(cfg, recovered, Kv::default(), seed, now)
+            .expect("recovered state is valid");
         n.raft = Some(raft);
         self.arm_timer(id);
     }
@@ -620,7 +738,10 @@ impl Sim {
         self.blocked.clear();
         self.lossy = false;
         self.healed_at = Some(self.now);
-        self.trace.line(self.now, format_args!("END OF CHAOS: network healed, crashed nodes restart; liveness phase"));
+        self.trace.line(
+            self.now,
+            format_args!("END OF CHAOS: network healed, crashed nodes restart; liveness phase"),
+        );
         let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
         for id in ids {
             self.restart(id)?;
@@ -647,10 +768,20 @@ impl Sim {
     }
 
     /// Runs `f` on live node `id` (e.g. to propose or change membership) and routes its outputs.
-    pub fn with_node<R>(&mut self, id: NodeId, f: impl FnOnce(&mut RaftNode<Kv>, Instant, u64) -> R) -> Result<R, Violation> {
+    pub fn with_node<R>(
+        &mut self,
+        id: NodeId,
+        f: impl FnOnce(&mut RaftNode<Kv>, Instant, u64) -> R,
+    ) -> Result<R, Violation> {
         let now = self.local_now(id);
         let unix_ms = self.unix_ms(id);
-        let node = self.nodes.get_mut(&id).expect("node").raft.as_mut().expect("live");
+        let node = self
+            .nodes
+            .get_mut(&id)
+            .expect("node")
+            .raft
+            .as_mut()
+            .expect("live");
         let before = (node.status().role, node.status().term);
         let r = f(node, now, unix_ms);
         self.after_step(id, before)?;
@@ -660,7 +791,12 @@ impl Sim {
     /// The leader with the highest term among live nodes, if any.
     #[must_use]
     pub fn leader(&self) -> Option<NodeId> {
-        self.nodes.iter().filter_map(|(id, n)| n.raft.as_ref().map(|r| (id, r.status()))).filter(|(_, s)| s.role == Role::Leader).max_by_key(|(_, s)| s.term).map(|(id, _)| *id)
+        self.nodes
+            .iter()
+            .filter_map(|(id, n)| n.raft.as_ref().map(|r| (id, r.status())))
+            .filter(|(_, s)| s.role == Role::Leader)
+            .max_by_key(|(_, s)| s.term)
+            .map(|(id, _)| *id)
     }
 
     /// Turns the client workload on or off.
@@ -725,7 +861,13 @@ impl Sim {
     fn schedule_client(&mut self, c: usize, at: u64) {
         self.clients[c].generation += 1;
         let generation = self.clients[c].generation;
-        self.schedule(at, Ev::Client { client: c, generation });
+        self.schedule(
+            at,
+            Ev::Client {
+                client: c,
+                generation,
+            },
+        );
     }
 
     fn client_act(&mut self, c: usize) -> Result<(), Violation> {
@@ -744,18 +886,41 @@ impl Sim {
         let client = &mut self.clients[c];
         let (op, attempt) = if roll < u64::from(self.cfg.read_pct) {
             self.next_read += 1;
-            (KvOp::Get { key }, Attempt::Read { read: ReadId(self.next_read), key })
+            (
+                KvOp::Get { key },
+                Attempt::Read {
+                    read: ReadId(self.next_read),
+                    key,
+                },
+            )
         } else {
             client.seq += 1;
             // Values are unique per client and sequence, so a read identifies the write it saw.
             let value = client.id.0 * 1_000_000 + client.seq;
             let (op, cmd) = if roll % 3 == 0 {
                 let expected = None;
-                (KvOp::Cas { key, expected, new: value }, KvCommand::Cas { key, expected, new: value })
+                (
+                    KvOp::Cas {
+                        key,
+                        expected,
+                        new: value,
+                    },
+                    KvCommand::Cas {
+                        key,
+                        expected,
+                        new: value,
+                    },
+                )
             } else {
                 (KvOp::Put { key, value }, KvCommand::Put { key, value })
             };
-            (op, Attempt::Write { seq: client.seq, cmd: cmd.encode() })
+            (
+                op,
+                Attempt::Write {
+                    seq: client.seq,
+                    cmd: cmd.encode(),
+                },
+            )
         };
         let id = self.history.invoke(client.id.0, op, self.now);
         self.clients[c].pending = Some((id, attempt));
@@ -771,10 +936,12 @@ impl Sim {
         }
         let client_id = self.clients[c].id;
         let outcome = match attempt {
-            Attempt::Write { seq, cmd } => self.with_node(target, |n, now, unix_ms| match n.propose(now, unix_ms, client_id, seq, cmd) {
-                Ok(_) => Ok(()),
-                Err(ProposeError::NotLeader { leader }) => Err(leader),
-                Err(_) => Err(None),
+            Attempt::Write { seq, cmd } => self.with_node(target, |n, now, unix_ms| {
+                match n.propose(now, unix_ms, client_id, seq, cmd) {
+                    Ok(_) => Ok(()),
+                    Err(ProposeError::NotLeader { leader }) => Err(leader),
+                    Err(_) => Err(None),
+                }
             })?,
             Attempt::Read { read, .. } => {
                 // A fresh read id per attempt: an answer to an older attempt must not count.
@@ -784,7 +951,9 @@ impl Sim {
                     *r = new_read;
                 }
                 let _ = read;
-                self.with_node(target, |n, now, _| n.read(now, new_read).map_err(|_| n.status().leader))?
+                self.with_node(target, |n, now, _| {
+                    n.read(now, new_read).map_err(|_| n.status().leader)
+                })?
             }
         };
         match outcome {
@@ -811,14 +980,24 @@ impl Sim {
 
     fn on_event(&mut self, node: NodeId, ev: Event) -> Result<(), Violation> {
         match ev {
-            Event::Applied { client, seq, response, .. } => {
-                let Some(c) = self.clients.iter().position(|x| x.id == client) else { return Ok(()) };
-                let Some((op, Attempt::Write { seq: s, .. })) = &self.clients[c].pending else { return Ok(()) };
+            Event::Applied {
+                client,
+                seq,
+                response,
+                ..
+            } => {
+                let Some(c) = self.clients.iter().position(|x| x.id == client) else {
+                    return Ok(());
+                };
+                let Some((op, Attempt::Write { seq: s, .. })) = &self.clients[c].pending else {
+                    return Ok(());
+                };
                 if *s != seq {
                     return Ok(());
                 }
                 let op = *op;
-                let result = decode_response(&response).ok_or_else(|| Violation("undecodable kv response".into()))?;
+                let result = decode_response(&response)
+                    .ok_or_else(|| Violation("undecodable kv response".into()))?;
                 self.history.complete(op, result, self.now);
                 if self.healed_at.is_some() {
                     self.healed_ops.0 += 1;
@@ -827,9 +1006,20 @@ impl Sim {
             }
             Event::ReadReady { id, index } => {
                 self.reads_served.push((node, id, index));
-                let Some(c) = self.clients.iter().position(|x| matches!(x.pending, Some((_, Attempt::Read { read, .. })) if read == id)) else { return Ok(()) };
-                let Some((op, Attempt::Read { key, .. })) = self.clients[c].pending.clone() else { return Ok(()) };
-                let value = self.nodes[&node].raft.as_ref().expect("live").state_machine().get(key);
+                let Some(c) = self.clients.iter().position(
+                    |x| matches!(x.pending, Some((_, Attempt::Read { read, .. })) if read == id),
+                ) else {
+                    return Ok(());
+                };
+                let Some((op, Attempt::Read { key, .. })) = self.clients[c].pending.clone() else {
+                    return Ok(());
+                };
+                let value = self.nodes[&node]
+                    .raft
+                    .as_ref()
+                    .expect("live")
+                    .state_machine()
+                    .get(key);
                 self.history.complete(op, value, self.now);
                 if self.healed_at.is_some() {
                     self.healed_ops.1 += 1;
@@ -837,7 +1027,9 @@ impl Sim {
                 self.finish_op(c);
             }
             Event::ReadFailed { id } => {
-                if let Some(c) = self.clients.iter().position(|x| matches!(x.pending, Some((_, Attempt::Read { read, .. })) if read == id)) {
+                if let Some(c) = self.clients.iter().position(
+                    |x| matches!(x.pending, Some((_, Attempt::Read { read, .. })) if read == id),
+                ) {
                     self.retry_elsewhere(c, None)?;
                 }
             }
@@ -865,10 +1057,19 @@ impl Sim {
                 .map(|(id, s)| (id, s.term))
                 .collect();
             if leaders.len() != 1 {
-                return Err(Violation(format!("liveness: {} leaders after healing: {leaders:?}", leaders.len())));
+                return Err(Violation(format!(
+                    "liveness: {} leaders after healing: {leaders:?}",
+                    leaders.len()
+                )));
             }
-            if self.workload && self.cfg.clients > 0 && (self.healed_ops.0 == 0 || (self.cfg.read_pct > 0 && self.healed_ops.1 == 0)) {
-                return Err(Violation(format!("liveness: only {} writes and {} reads completed after healing", self.healed_ops.0, self.healed_ops.1)));
+            if self.workload
+                && self.cfg.clients > 0
+                && (self.healed_ops.0 == 0 || (self.cfg.read_pct > 0 && self.healed_ops.1 == 0))
+            {
+                return Err(Violation(format!(
+                    "liveness: only {} writes and {} reads completed after healing",
+                    self.healed_ops.0, self.healed_ops.1
+                )));
             }
             let leader = leaders[0].0;
             let lead_status = self.node(leader).expect("live").status();
@@ -878,21 +1079,35 @@ impl Sim {
             for (id, n) in &self.nodes {
                 let st = n.raft.as_ref().expect("all restarted").status();
                 if lead_status.membership.contains(*id) && st.commit.0 + 64 < commit.0 {
-                    return Err(Violation(format!("liveness: {id} still at commit {} while the leader is at {}", st.commit, commit)));
+                    return Err(Violation(format!(
+                        "liveness: {id} still at commit {} while the leader is at {}",
+                        st.commit, commit
+                    )));
                 }
             }
         }
-        self.history.check_linearizable().map_err(|e| Violation(e.to_string()))
+        self.history
+            .check_linearizable()
+            .map_err(|e| Violation(e.to_string()))
     }
 
     fn finish_report(&mut self) {
         self.report.sim_time = Duration::from_nanos(self.now);
         self.report.leaders = self.checker.leaders().len();
-        self.report.committed = self.checker.committed().last_key_value().map_or(0, |(i, _)| i.0);
+        self.report.committed = self
+            .checker
+            .committed()
+            .last_key_value()
+            .map_or(0, |(i, _)| i.0);
         self.report.observations = self.checker.observations;
         let pending = self.history.len() - self.history.completed();
         let reads = self.history.completed_reads();
         self.report.ops = (self.history.completed() - reads, reads, pending);
-        self.report.snapshots_installed = self.nodes.values().filter_map(|n| n.raft.as_ref()).map(|r| r.stats().snapshots_installed).sum();
+        self.report.snapshots_installed = self
+            .nodes
+            .values()
+            .filter_map(|n| n.raft.as_ref())
+            .map(|r| r.stats().snapshots_installed)
+            .sum();
     }
 }

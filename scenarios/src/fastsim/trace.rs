@@ -14,7 +14,10 @@ impl Trace {
     /// A trace that records only if `enabled`.
     #[must_use]
     pub fn new(enabled: bool) -> Trace {
-        Trace { enabled, lines: Vec::new() }
+        Trace {
+            enabled,
+            lines: Vec::new(),
+        }
     }
 
     /// Records a free-form line at `now` nanoseconds.
@@ -32,7 +35,10 @@ impl Trace {
             return;
         }
         let body = describe(&env.body);
-        self.line(now, format_args!("{} -> {} {} {body}", env.from, env.to, env.term));
+        self.line(
+            now,
+            format_args!("{} -> {} {} {body}", env.from, env.to, env.term),
+        );
     }
 
     /// The lines.
@@ -52,14 +58,35 @@ fn describe(body: &Body) -> String {
     match body {
         Body::PreVote(r) => format!("PreVote last={:?}", r.last_log),
         Body::PreVoteResp(r) => format!("PreVoteResp granted={}", r.granted),
-        Body::Vote(r) => format!("Vote last={:?}{}", r.last_log, if r.transfer { " (transfer)" } else { "" }),
+        Body::Vote(r) => format!(
+            "Vote last={:?}{}",
+            r.last_log,
+            if r.transfer { " (transfer)" } else { "" }
+        ),
         Body::VoteResp(r) => format!("VoteResp granted={}", r.granted),
-        Body::Append(a) => format!("Append prev={:?} n={} commit={}", a.prev, a.entries.len(), a.commit.0),
-        Body::AppendResp(AppendResponse::Accepted { match_index }) => format!("AppendResp ok match={}", match_index.0),
-        Body::AppendResp(AppendResponse::Rejected { rejected, hint }) => format!("AppendResp reject at={} hint={hint:?}", rejected.0),
+        Body::Append(a) => format!(
+            "Append prev={:?} n={} commit={}",
+            a.prev,
+            a.entries.len(),
+            a.commit.0
+        ),
+        Body::AppendResp(AppendResponse::Accepted { match_index }) => {
+            format!("AppendResp ok match={}", match_index.0)
+        }
+        Body::AppendResp(AppendResponse::Rejected { rejected, hint }) => {
+            format!("AppendResp reject at={} hint={hint:?}", rejected.0)
+        }
         Body::Heartbeat(h) => format!("Heartbeat commit={} round={}", h.commit.0, h.round),
-        Body::HeartbeatResp(h) => format!("HeartbeatResp round={} last={}", h.round, h.last_index.0),
-        Body::Snapshot(c) => format!("Snapshot last={:?} offset={} len={} total={}", c.meta.last, c.offset, c.data.len(), c.total),
+        Body::HeartbeatResp(h) => {
+            format!("HeartbeatResp round={} last={}", h.round, h.last_index.0)
+        }
+        Body::Snapshot(c) => format!(
+            "Snapshot last={:?} offset={} len={} total={}",
+            c.meta.last,
+            c.offset,
+            c.data.len(),
+            c.total
+        ),
         Body::SnapshotResp(a) => format!("SnapshotResp next={} done={}", a.next_offset, a.done),
         Body::TimeoutNow => "TimeoutNow".to_string(),
         Body::ReadIndex(id) => format!("ReadIndex {id}"),
