@@ -93,4 +93,6 @@ pub enum TimerKind {
     CheckQuorum,
     /// A leadership transfer gives up.
     TransferTimeout,
+    /// A pending read has waited too long and will be failed.
+    ReadExpiry,
 }

@@ -9,10 +9,41 @@ use crate::raft::progress::Progress;
 use crate::raft::state_machine::StateMachine;
 use std::collections::{BTreeMap, VecDeque};
 
+/// Terms and indexes beyond 2^62 cannot arise in a real cluster (a billion entries a second for
+/// 146 years); a peer that sends one is hostile or broken, and accepting it would overflow the
+/// arithmetic on terms and indexes (review findings 2-4).
+const PLAUSIBLE_MAX: u64 = 1 << 62;
+
+fn plausible(env: &Envelope) -> bool {
+    let ok = |id: crate::ids::LogId| id.index.0 <= PLAUSIBLE_MAX && id.term.0 <= PLAUSIBLE_MAX;
+    let idx = |i: crate::ids::LogIndex| i.0 <= PLAUSIBLE_MAX;
+    env.term.0 <= PLAUSIBLE_MAX
+        && match &env.body {
+            Body::PreVote(r) | Body::Vote(r) => ok(r.last_log),
+            Body::Append(a) => ok(a.prev) && idx(a.commit) && a.entries.iter().all(|e| ok(e.id)),
+            Body::AppendResp(crate::raft::message::AppendResponse::Accepted { match_index }) => {
+                idx(*match_index)
+            }
+            Body::AppendResp(crate::raft::message::AppendResponse::Rejected { rejected, hint }) => {
+                idx(*rejected) && ok(*hint)
+            }
+            Body::Heartbeat(h) => idx(h.commit),
+            Body::HeartbeatResp(h) => idx(h.last_index),
+            Body::Snapshot(c) => ok(c.meta.last),
+            Body::SnapshotResp(a) => ok(a.last),
+            Body::ReadIndexResp(_, Some(i)) => idx(*i),
+            Body::PreVoteResp(_)
+            | Body::VoteResp(_)
+            | Body::TimeoutNow
+            | Body::ReadIndex(_)
+            | Body::ReadIndexResp(_, None) => true,
+        }
+}
+
 impl<S: StateMachine> RaftNode<S> {
     /// Entry point for every message: term rules first (Raft §5.1), then per-kind handlers.
     pub(crate) fn step(&mut self, env: Envelope) {
-        if env.to != self.id || env.from == self.id {
+        if env.to != self.id || env.from == self.id || !plausible(&env) {
             self.stats.messages_invalid += 1;
             return;
         }
@@ -148,7 +179,9 @@ impl<S: StateMachine> RaftNode<S> {
         if term > self.term {
             self.term = term;
             self.vote = None;
-            self.mark_hard_state();
+            self.mark_term_changed();
+            // A transfer from an older term's leader will never complete.
+            self.incoming_snapshot = None;
         }
         if self.role == Role::Leader {
             self.fail_leader_reads();
@@ -204,7 +237,7 @@ impl<S: StateMachine> RaftNode<S> {
         self.fail_remote_reads();
         self.term = self.term.next();
         self.vote = Some(self.id);
-        self.mark_hard_state();
+        self.mark_term_changed();
         self.votes = BTreeMap::from([(self.id, true)]);
         self.reset_election_deadline();
         self.emit_role();
@@ -246,6 +279,7 @@ impl<S: StateMachine> RaftNode<S> {
             round_needed: false,
             append_needed: false,
             lease_until: None,
+            lease_revoked: false,
         });
         self.emit_role();
         // Raft §8: commit an entry of the new term so earlier entries commit and reads can start.

@@ -14,7 +14,7 @@ use crate::raft::types::{Entry, HardState, Membership, MembershipChange, Payload
 use crate::rng::DetRng;
 use crate::storage::{PersistBatch, PersistOp, Recovered};
 use crate::time::Instant;
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 
 /// Counters of everything unusual (STYLE.md principle 7: drop, count, keep serving).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -195,6 +195,9 @@ pub(crate) struct LeaderState {
     pub append_needed: bool,
     /// Until when the lease (ReadMode::LeaseBased) lets the leader answer reads alone.
     pub lease_until: Option<Instant>,
+    /// TimeoutNow went out this term: its target campaigns past leader stickiness, so the lease
+    /// means nothing for the rest of this leadership (review finding 7).
+    pub lease_revoked: bool,
 }
 
 /// A snapshot being received chunk by chunk.
@@ -230,10 +233,13 @@ pub struct RaftNode<S: StateMachine> {
     pub(crate) lead: Option<LeaderState>,
     pub(crate) incoming_snapshot: Option<IncomingSnapshot>,
     /// Confirmed reads waiting for apply to reach their index.
-    pub(crate) ready_reads: VecDeque<(ReadId, LogIndex)>,
+    /// Confirmed reads waiting for apply to reach their index: (id, index, expires at).
+    pub(crate) ready_reads: VecDeque<(ReadId, LogIndex, Instant)>,
     /// Reads forwarded to the leader: id -> (leader, sent at).
     pub(crate) remote_reads: BTreeMap<ReadId, (NodeId, Instant)>,
-    pub(crate) local_proposals: BTreeSet<(ClientId, u64)>,
+    /// Commands proposed here, by index, awaiting apply: (client, seq, term). Bounded by
+    /// `pending_proposals_max`; entries leave on apply, truncation or snapshot install.
+    pub(crate) local_proposals: BTreeMap<LogIndex, (ClientId, u64, Term)>,
     pub(crate) last_unix_ms: u64,
     staged: Vec<PersistOp>,
     hard_state_dirty: bool,
@@ -243,6 +249,8 @@ pub struct RaftNode<S: StateMachine> {
     /// The last index known durable locally and still in the log (the leader's own vote in the
     /// commit count: etcd #14370).
     pub(crate) durable_match: LogIndex,
+    /// The persist batch that records the current term; leader messages wait for it.
+    pub(crate) term_seq: PersistSeq,
     ready: VecDeque<Output>,
     waiting: VecDeque<(PersistSeq, Envelope)>,
     pub(crate) stats: Stats,
@@ -299,6 +307,7 @@ impl<S: StateMachine> RaftNode<S> {
                 None
             },
             durable_match: log.last_index(),
+            term_seq: PersistSeq(0),
             last_unix_ms: log.entries().last().map_or(0, |e| e.unix_ms),
             log,
             commit,
@@ -314,7 +323,7 @@ impl<S: StateMachine> RaftNode<S> {
             incoming_snapshot: None,
             ready_reads: VecDeque::new(),
             remote_reads: BTreeMap::new(),
-            local_proposals: BTreeSet::new(),
+            local_proposals: BTreeMap::new(),
             staged: Vec::new(),
             hard_state_dirty: false,
             persist_issued: PersistSeq(0),
@@ -366,6 +375,15 @@ impl<S: StateMachine> RaftNode<S> {
     /// The next deadline and why. Call `handle(now, Input::Timeout)` once it has passed.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<(Instant, TimerKind)> {
+        let role_timer = self.role_timeout();
+        match (role_timer, self.read_expiry()) {
+            (Some(a), Some(b)) if b < a.0 => Some((b, TimerKind::ReadExpiry)),
+            (None, Some(b)) => Some((b, TimerKind::ReadExpiry)),
+            (a, _) => a,
+        }
+    }
+
+    fn role_timeout(&self) -> Option<(Instant, TimerKind)> {
         match &self.lead {
             Some(lead) => {
                 let mut best = (lead.heartbeat_at, TimerKind::Heartbeat);
@@ -416,8 +434,9 @@ impl<S: StateMachine> RaftNode<S> {
         {
             return Err(ProposeError::Backpressure);
         }
-        self.local_proposals.insert((client, seq));
-        Ok(self.append_as_leader(unix_ms, Payload::Command { client, seq, data }))
+        let index = self.append_as_leader(unix_ms, Payload::Command { client, seq, data });
+        self.local_proposals.insert(index, (client, seq, self.term));
+        Ok(index)
     }
 
     /// Changes membership by one server (thesis §4.1). Returns the config entry's index.
@@ -636,13 +655,29 @@ impl<S: StateMachine> RaftNode<S> {
     }
 
     pub(crate) fn send_envelope(&mut self, env: Envelope) {
+        if matches!(env.body, Body::TimeoutNow) {
+            if let Some(lead) = &mut self.lead {
+                lead.lease_revoked = true;
+                lead.lease_until = None;
+            }
+        }
         if self.ready.len() + self.waiting.len() >= self.cfg.outbox_messages_max {
             self.stats.outbox_dropped += 1;
             return;
         }
         let needs_durability = self.role != Role::Leader
             && !matches!(env.body, Body::PreVote(_) | Body::PreVoteResp(_));
-        let needs = if !needs_durability {
+        let needs = if self.role == Role::Leader {
+            // A leader's messages need nothing of its log on disk (thesis §10.2.1), but they carry
+            // its term, which must be durable first: a single voter wins the election in the same
+            // step it enters the term, and a crash before that write must not leave two leaders'
+            // entries under one term on a learner (review finding 1).
+            if self.term_seq > self.persist_durable {
+                self.term_seq
+            } else {
+                PersistSeq(0)
+            }
+        } else if !needs_durability {
             PersistSeq(0)
         } else if self.staged.is_empty() && !self.hard_state_dirty {
             self.persist_issued
@@ -670,6 +705,12 @@ impl<S: StateMachine> RaftNode<S> {
 
     pub(crate) fn mark_hard_state(&mut self) {
         self.hard_state_dirty = true;
+    }
+
+    /// The term changed: the batch about to be issued records it.
+    pub(crate) fn mark_term_changed(&mut self) {
+        self.hard_state_dirty = true;
+        self.term_seq = PersistSeq(self.persist_issued.0 + 1);
     }
 
     /// Appends entries to the log and stages them for persistence.
@@ -702,6 +743,8 @@ impl<S: StateMachine> RaftNode<S> {
         let had_config = self.log.membership_index() >= from;
         self.log.truncate_from(from);
         self.stage(PersistOp::Truncate { from });
+        // Proposals at truncated indexes will never apply here; their clients retry on timeout.
+        self.local_proposals.split_off(&from);
         self.durable_match = self.durable_match.min(from.prev());
         if had_config {
             self.on_membership_changed();
@@ -764,7 +807,7 @@ impl<S: StateMachine> RaftNode<S> {
                 // A single voter commits on its own once the write is durable.
                 self.maybe_commit();
             }
-            if round {
+            if round && self.lead.is_some() {
                 self.broadcast_heartbeat();
             }
         }
@@ -795,6 +838,7 @@ impl<S: StateMachine> RaftNode<S> {
     }
 
     fn on_timeout(&mut self) {
+        self.expire_reads();
         let now = self.now;
         if self.lead.is_some() {
             let lead = self.lead.as_ref().expect("checked");
@@ -883,7 +927,10 @@ impl<S: StateMachine> RaftNode<S> {
                         client: *client,
                     };
                     let applied = self.dedup.apply(&mut self.sm, &ctx, *seq, data);
-                    if self.local_proposals.remove(&(*client, *seq)) {
+                    let proposed_here = self.local_proposals.remove(&index);
+                    if proposed_here
+                        .is_some_and(|(c, q, t)| c == *client && q == *seq && t == entry.term())
+                    {
                         if let crate::raft::state_machine::Applied::Fresh(response)
                         | crate::raft::state_machine::Applied::Duplicate(response) = applied
                         {

@@ -56,7 +56,9 @@ impl<S: StateMachine> RaftNode<S> {
             lead.reads_before_commit.push_back((origin, id));
             return;
         }
-        if lease_mode && lead.lease_until.is_some_and(|until| now < until) {
+        // A transfer target campaigns with voters ignoring stickiness, so the lease guarantee is
+        // void from the moment TimeoutNow may have been sent (review finding 7).
+        if lease_mode && !lead.lease_revoked && lead.lease_until.is_some_and(|until| now < until) {
             self.read_confirmed(origin, id, commit);
             return;
         }
@@ -89,7 +91,8 @@ impl<S: StateMachine> RaftNode<S> {
         self.remote_reads.remove(&id);
         match index {
             Some(index) => {
-                self.ready_reads.push_back((id, index));
+                self.ready_reads
+                    .push_back((id, index, self.now + self.cfg.election_timeout));
                 self.release_ready_reads();
             }
             None => self.emit(Event::ReadFailed { id }),
@@ -119,7 +122,7 @@ impl<S: StateMachine> RaftNode<S> {
         let quorum_round = acked[membership.quorum() - 1];
         if let Some((_, sent)) = lead.round_sent.iter().find(|(r, _)| *r == quorum_round) {
             let until = *sent + self.cfg.election_timeout;
-            if lead.lease_until.is_none_or(|u| u < until) {
+            if !lead.lease_revoked && lead.lease_until.is_none_or(|u| u < until) {
                 lead.lease_until = Some(until);
             }
         }
@@ -135,7 +138,8 @@ impl<S: StateMachine> RaftNode<S> {
     fn read_confirmed(&mut self, origin: ReadOrigin, id: ReadId, index: LogIndex) {
         match origin {
             ReadOrigin::Local => {
-                self.ready_reads.push_back((id, index));
+                self.ready_reads
+                    .push_back((id, index, self.now + self.cfg.election_timeout));
                 self.release_ready_reads();
             }
             ReadOrigin::Remote(to) => self.send(to, Body::ReadIndexResp(id, Some(index))),
@@ -148,7 +152,7 @@ impl<S: StateMachine> RaftNode<S> {
         let mut i = 0;
         while i < self.ready_reads.len() {
             if self.ready_reads[i].1 <= applied {
-                let (id, index) = self.ready_reads.remove(i).expect("in range");
+                let (id, index, _) = self.ready_reads.remove(i).expect("in range");
                 self.emit(Event::ReadReady { id, index });
             } else {
                 i += 1;
@@ -190,19 +194,44 @@ impl<S: StateMachine> RaftNode<S> {
         }
     }
 
-    /// Reads forwarded more than an election timeout ago are presumed lost.
-    pub(crate) fn expire_remote_reads(&mut self) {
-        let deadline = self.cfg.election_timeout;
+    /// Reads forwarded more than an election timeout ago are presumed lost, and confirmed reads
+    /// whose index was not applied within an election timeout (a follower cut off after the leader
+    /// answered) fail: a read never waits forever (review finding 6).
+    pub(crate) fn expire_reads(&mut self) {
+        let timeout = self.cfg.election_timeout;
         let now = self.now;
         let expired: Vec<ReadId> = self
             .remote_reads
             .iter()
-            .filter(|(_, (_, sent))| now >= *sent + deadline)
+            .filter(|(_, (_, sent))| now >= *sent + timeout)
             .map(|(id, _)| *id)
             .collect();
         for id in expired {
             self.remote_reads.remove(&id);
             self.emit(Event::ReadFailed { id });
+        }
+        let mut i = 0;
+        while i < self.ready_reads.len() {
+            if now >= self.ready_reads[i].2 {
+                let (id, _, _) = self.ready_reads.remove(i).expect("in range");
+                self.emit(Event::ReadFailed { id });
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    /// When the oldest pending read expires, if any.
+    pub(crate) fn read_expiry(&self) -> Option<Instant> {
+        let remote = self
+            .remote_reads
+            .values()
+            .map(|(_, sent)| *sent + self.cfg.election_timeout)
+            .min();
+        let ready = self.ready_reads.iter().map(|r| r.2).min();
+        match (remote, ready) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         }
     }
 }

@@ -161,7 +161,10 @@ impl<S: StateMachine> RaftNode<S> {
             return false;
         }
         for e in &req.entries {
-            if e.index() != prev.index.next() || e.term() < prev.term || e.term() > self.term {
+            let Some(expected) = prev.index.0.checked_add(1) else {
+                return false;
+            };
+            if e.index().0 != expected || e.term() < prev.term || e.term() > self.term {
                 return false;
             }
             if let crate::raft::types::Payload::Command { data, .. } = &e.payload {
@@ -347,7 +350,7 @@ impl<S: StateMachine> RaftNode<S> {
             self.mark_hard_state();
             self.apply_committed();
         }
-        self.expire_remote_reads();
+        self.expire_reads();
         let resp = HeartbeatResponse {
             round: req.round,
             last_index: self.log.last_index(),

@@ -107,6 +107,11 @@ impl<S: StateMachine> RaftNode<S> {
             self.stats.messages_stale += 1;
             return;
         };
+        if ack.done && ack.last.index < last.index {
+            // A duplicated acknowledgement of an older transfer (review finding 11).
+            self.stats.messages_stale += 1;
+            return;
+        }
         if ack.done {
             // Installed, or the follower already committed past it: it holds everything up to there.
             if ack.last.index <= self.log.last_index()
@@ -253,6 +258,8 @@ impl<S: StateMachine> RaftNode<S> {
         }
         self.commit = self.commit.max(last.index);
         self.applied = last.index;
+        // Proposals covered by the snapshot were never applied here; their clients retry.
+        self.local_proposals = self.local_proposals.split_off(&last.index.next());
         self.mark_hard_state();
         self.stats.snapshots_installed += 1;
         if membership_changed {
