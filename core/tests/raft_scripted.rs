@@ -1130,7 +1130,10 @@ fn client_dedup_same_seq_applies_once() {
     // answers are the response of the one application.
     assert_eq!(
         c.applied(n(1)),
-        [(a, 1u64.to_le_bytes().to_vec()), (b, 1u64.to_le_bytes().to_vec())],
+        [
+            (a, 1u64.to_le_bytes().to_vec()),
+            (b, 1u64.to_le_bytes().to_vec())
+        ],
         "the retry gets the cached answer"
     );
     c.propose(n(1), 7, 2, b"y").unwrap();

@@ -15,7 +15,15 @@ use paloma_runtime_sim::SimConfig;
 use std::time::Duration;
 
 /// Warm-up, fault phase, liveness, drain, convergence, checks.
-async fn chaos(test: &str, nodes: u64, cfg: SimConfig, workload: Workload, faults: &[Fault], fault_time: Duration, completed_min: usize) {
+async fn chaos(
+    test: &str,
+    nodes: u64,
+    cfg: SimConfig,
+    workload: Workload,
+    faults: &[Fault],
+    fault_time: Duration,
+    completed_min: usize,
+) {
     let mut run = Run::start(test, nodes, cfg, &workload);
     madsim::time::sleep(Duration::from_secs(2)).await;
     run.nemesis(faults, fault_time).await;
@@ -33,7 +41,11 @@ async fn three_nodes_minority_partitions_and_loss() {
         3,
         sim_config(),
         Workload::default(),
-        &[Fault::MinorityPartition, Fault::LeaderInMinority, Fault::Loss],
+        &[
+            Fault::MinorityPartition,
+            Fault::LeaderInMinority,
+            Fault::Loss,
+        ],
         Duration::from_secs(20),
         50,
     )
@@ -56,24 +68,70 @@ async fn five_nodes_majority_no_quorum_and_bridge() {
 
 #[madsim::test]
 async fn one_way_partitions() {
-    chaos("one_way_partitions", 5, sim_config(), Workload::default(), &[Fault::OneWay], Duration::from_secs(20), 50).await;
+    chaos(
+        "one_way_partitions",
+        5,
+        sim_config(),
+        Workload::default(),
+        &[Fault::OneWay],
+        Duration::from_secs(20),
+        50,
+    )
+    .await;
 }
 
 #[madsim::test]
 async fn kill_restart_with_torn_writes() {
-    chaos("kill_restart_with_torn_writes", 3, sim_config(), Workload::default(), &[Fault::Kill, Fault::KillLeaderTorn], Duration::from_secs(20), 50).await;
+    chaos(
+        "kill_restart_with_torn_writes",
+        3,
+        sim_config(),
+        Workload::default(),
+        &[Fault::Kill, Fault::KillLeaderTorn],
+        Duration::from_secs(20),
+        50,
+    )
+    .await;
 }
 
 #[madsim::test]
 async fn duplication_and_clock_drift() {
     // Clocks up to 10% fast or slow: ReadIndex reads must stay linearizable whatever the clocks.
-    let cfg = SimConfig { drift_ppm_max: 100_000, ..sim_config() };
-    chaos("duplication_and_clock_drift", 3, cfg, Workload::default(), &[Fault::Duplication, Fault::Loss, Fault::LeaderInMinority], Duration::from_secs(20), 50).await;
+    let cfg = SimConfig {
+        drift_ppm_max: 100_000,
+        ..sim_config()
+    };
+    chaos(
+        "duplication_and_clock_drift",
+        3,
+        cfg,
+        Workload::default(),
+        &[Fault::Duplication, Fault::Loss, Fault::LeaderInMinority],
+        Duration::from_secs(20),
+        50,
+    )
+    .await;
 }
 
 #[madsim::test]
 async fn five_nodes_all_faults() {
-    let cfg = SimConfig { drift_ppm_max: 20_000, ..sim_config() };
-    let workload = Workload { clients: 6, keys: 6, ..Workload::default() };
-    chaos("five_nodes_all_faults", 5, cfg, workload, &Fault::ALL, Duration::from_secs(30), 50).await;
+    let cfg = SimConfig {
+        drift_ppm_max: 20_000,
+        ..sim_config()
+    };
+    let workload = Workload {
+        clients: 6,
+        keys: 6,
+        ..Workload::default()
+    };
+    chaos(
+        "five_nodes_all_faults",
+        5,
+        cfg,
+        workload,
+        &Fault::ALL,
+        Duration::from_secs(30),
+        50,
+    )
+    .await;
 }

@@ -26,12 +26,31 @@ const WRITERS: u8 = 3;
 #[madsim::test]
 async fn three_kill_restart_cycles_lose_no_acknowledged_write() {
     // No background clients: the writers below own the keys.
-    let run = Run::start(TEST, 3, sim_config(), &Workload { clients: 0, ..Workload::default() });
+    // A slow disk: fsyncs overlap network round trips, so an acknowledgement sent before its
+    // fsync completed (the bug class this test is for) would be visible.
+    let cfg = SimConfig {
+        fsync_latency: Duration::from_millis(2)..Duration::from_millis(25),
+        ..sim_config()
+    };
+    let run = Run::start(
+        TEST,
+        3,
+        cfg,
+        &Workload {
+            clients: 0,
+            ..Workload::default()
+        },
+    );
     let stop = Arc::new(AtomicBool::new(false));
     let acked = Arc::new(std::sync::Mutex::new(Vec::<(u8, u64)>::new()));
     let mut writers = Vec::new();
     for w in 0..WRITERS {
-        let (cluster, stop, acked, history) = (run.cluster.clone(), stop.clone(), acked.clone(), run.history.clone());
+        let (cluster, stop, acked, history) = (
+            run.cluster.clone(),
+            stop.clone(),
+            acked.clone(),
+            run.history.clone(),
+        );
         writers.push(madsim::task::spawn(async move {
             let ids = cluster.ids();
             let mut target = ids[0];
@@ -42,12 +61,29 @@ async fn three_kill_restart_cycles_lose_no_acknowledged_write() {
                 }
                 seq += 1;
                 let value = u64::from(key) * 1000 + 1;
-                let op = history.lock().unwrap().invoke(u64::from(w) + 1, KvOp::Put { key, value }, cluster.now_nanos());
+                let op = history.lock().unwrap().invoke(
+                    u64::from(w) + 1,
+                    KvOp::Put { key, value },
+                    cluster.now_nanos(),
+                );
                 let give_up = cluster.now_nanos() + 10_000_000_000;
                 while cluster.now_nanos() < give_up {
-                    match cluster.propose(target, ClientId(u64::from(w) + 1), seq, KvCommand::Put { key, value }.encode(), Duration::from_millis(1500)).await {
+                    match cluster
+                        .propose(
+                            target,
+                            ClientId(u64::from(w) + 1),
+                            seq,
+                            KvCommand::Put { key, value }.encode(),
+                            Duration::from_millis(1500),
+                        )
+                        .await
+                    {
                         Ok(resp) => {
-                            history.lock().unwrap().complete(op, decode_response(&resp).expect("response"), cluster.now_nanos());
+                            history.lock().unwrap().complete(
+                                op,
+                                decode_response(&resp).expect("response"),
+                                cluster.now_nanos(),
+                            );
                             acked.lock().unwrap().push((key, value));
                             break;
                         }
@@ -67,21 +103,42 @@ async fn three_kill_restart_cycles_lose_no_acknowledged_write() {
     // Cycle 1: the leader, torn in order.
     madsim::time::sleep(pause).await;
     let leader = run.leader().unwrap_or(c.ids()[0]);
-    c.kill_while_unsynced(leader, CrashMode::TornPrefix, Duration::from_secs(1)).await;
+    c.kill_while_unsynced(leader, CrashMode::TornPrefix, Duration::from_secs(1))
+        .await;
     madsim::time::sleep(Duration::from_millis(800)).await;
     c.restart(leader);
     // Cycle 2: a follower, unsynced writes scrambled.
     madsim::time::sleep(pause).await;
     let leader = run.leader().unwrap_or(c.ids()[0]);
-    let follower = c.ids().into_iter().find(|&id| id != leader).expect("a follower");
-    c.kill_while_unsynced(follower, CrashMode::TornScrambled, Duration::from_secs(1)).await;
+    let follower = c
+        .ids()
+        .into_iter()
+        .find(|&id| id != leader)
+        .expect("a follower");
+    c.kill_while_unsynced(follower, CrashMode::TornScrambled, Duration::from_secs(1))
+        .await;
     madsim::time::sleep(Duration::from_millis(800)).await;
     c.restart(follower);
-    // Cycle 3: the whole cluster loses power.
+    // Cycle 3: the whole cluster loses power at one instant, right after a client saw a write
+    // acknowledged while some node still has writes in flight: the moment an acknowledgement sent
+    // before its fsync completed would be lost.
     madsim::time::sleep(pause).await;
+    let mut acked_before = acked.lock().unwrap().len();
+    for _ in 0..20_000 {
+        madsim::time::sleep(Duration::from_micros(100)).await;
+        let now_acked = acked.lock().unwrap().len();
+        if now_acked > acked_before && c.ids().into_iter().any(|id| c.disk(id).has_pending()) {
+            break;
+        }
+        acked_before = now_acked;
+    }
     for id in c.ids() {
-        let mode = if madsim::rand::thread_rng().gen_bool(0.5) { CrashMode::TornPrefix } else { CrashMode::TornScrambled };
-        c.kill_while_unsynced(id, mode, Duration::from_millis(300)).await;
+        let mode = if madsim::rand::thread_rng().gen_bool(0.5) {
+            CrashMode::TornPrefix
+        } else {
+            CrashMode::TornScrambled
+        };
+        c.kill_with(id, mode);
     }
     madsim::time::sleep(Duration::from_millis(800)).await;
     for id in c.ids() {
@@ -96,21 +153,55 @@ async fn three_kill_restart_cycles_lose_no_acknowledged_write() {
     run.converge(Duration::from_secs(10)).await;
     // Every acknowledged write is there, read linearizably through the leader.
     let acked = acked.lock().unwrap().clone();
-    assert!(acked.len() >= 30, "only {} writes were acknowledged\nreplay: {}", acked.len(), replay(TEST));
+    assert!(
+        acked.len() >= 30,
+        "only {} writes were acknowledged\nreplay: {}",
+        acked.len(),
+        replay(TEST)
+    );
     let leader = run.leader().expect("a leader after liveness");
-    let state: Vec<Option<u64>> = c.read(leader, |kv: &Kv| (0..KEYS).map(|k| kv.get(k)).collect::<Vec<_>>(), Duration::from_secs(5)).await.expect("final read");
+    let state: Vec<Option<u64>> = c
+        .read(
+            leader,
+            |kv: &Kv| (0..KEYS).map(|k| kv.get(k)).collect::<Vec<_>>(),
+            Duration::from_secs(5),
+        )
+        .await
+        .expect("final read");
     for &(key, value) in &acked {
-        assert_eq!(state[usize::from(key)], Some(value), "acknowledged write of key {key} was lost\nreplay: {}", replay(TEST));
+        assert_eq!(
+            state[usize::from(key)],
+            Some(value),
+            "acknowledged write of key {key} was lost\nreplay: {}",
+            replay(TEST)
+        );
     }
-    let in_flight = c.crash_reports().iter().filter(|(_, r)| r.pending > 0).count();
-    assert!(in_flight >= 1, "no crash hit writes in flight: the test did not test tearing\nreplay: {}", replay(TEST));
+    let in_flight = c
+        .crash_reports()
+        .iter()
+        .filter(|(_, r)| r.pending > 0)
+        .count();
+    assert!(
+        in_flight >= 1,
+        "no crash hit writes in flight: the test did not test tearing\nreplay: {}",
+        replay(TEST)
+    );
     run.check_history(acked.len());
-    println!("{} acked={} crashes with writes in flight={in_flight}/{}", run.summary(), acked.len(), c.crash_reports().len());
+    println!(
+        "{} acked={} crashes with writes in flight={in_flight}/{}",
+        run.summary(),
+        acked.len(),
+        c.crash_reports().len()
+    );
 }
 
 /// A short chaos run that returns its trace.
 async fn traced_run() -> String {
-    let cfg = SimConfig { record_trace: true, drift_ppm_max: 5_000, ..sim_config() };
+    let cfg = SimConfig {
+        record_trace: true,
+        drift_ppm_max: 5_000,
+        ..sim_config()
+    };
     let mut run = Run::start("same_seed_same_trace", 3, cfg, &Workload::default());
     madsim::time::sleep(Duration::from_secs(1)).await;
     run.nemesis(&Fault::ALL, Duration::from_secs(6)).await;
@@ -122,14 +213,32 @@ async fn traced_run() -> String {
 
 #[test]
 fn same_seed_same_trace() {
-    let seed = std::env::var("MADSIM_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(7);
-    let once = || madsim::runtime::Runtime::with_seed_and_config(seed, madsim::Config::default()).block_on(traced_run());
+    let seed = std::env::var("MADSIM_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(7);
+    let once = || {
+        madsim::runtime::Runtime::with_seed_and_config(seed, madsim::Config::default())
+            .block_on(traced_run())
+    };
     let a = once();
     let b = once();
-    assert!(a.lines().count() > 1000, "the trace is too short to mean anything: {} lines", a.lines().count());
+    assert!(
+        a.lines().count() > 1000,
+        "the trace is too short to mean anything: {} lines",
+        a.lines().count()
+    );
     if a != b {
-        let (i, (la, lb)) = a.lines().zip(b.lines()).enumerate().find(|(_, (x, y))| x != y).expect("a differing line");
+        let (i, (la, lb)) = a
+            .lines()
+            .zip(b.lines())
+            .enumerate()
+            .find(|(_, (x, y))| x != y)
+            .expect("a differing line");
         panic!("seed {seed}: runs diverge at trace line {i}:\n  first:  {la}\n  second: {lb}\nreplay: MADSIM_TEST_SEED={seed} cargo simtest -- --exact same_seed_same_trace");
     }
-    println!("same_seed_same_trace: seed {seed}, {} identical trace lines", a.lines().count());
+    println!(
+        "same_seed_same_trace: seed {seed}, {} identical trace lines",
+        a.lines().count()
+    );
 }

@@ -26,7 +26,9 @@ fn madsim_scenarios_run_under_plain_cargo_test() {
         println!("PALOMA_SKIP_MADSIM is set: madsim scenarios skipped");
         return;
     }
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
     let rustflags = match std::env::var("RUSTFLAGS") {
         Ok(flags) if !flags.trim().is_empty() => format!("{flags} --cfg madsim"),
@@ -34,8 +36,19 @@ fn madsim_scenarios_run_under_plain_cargo_test() {
     };
     let seed = std::env::var("MADSIM_TEST_SEED").unwrap_or_else(|_| DEFAULT_SEED.to_string());
     let seeds = std::env::var("MADSIM_TEST_NUM").unwrap_or_else(|_| DEFAULT_SEEDS.to_string());
-    let args = ["test", "-p", "paloma-scenarios", "--test", "madsim_*", "--target-dir", "target/sim"];
-    let replay = format!("RUSTFLAGS=\"{rustflags}\" MADSIM_TEST_SEED={seed} MADSIM_TEST_NUM={seeds} cargo {}", args.join(" ").replace("madsim_*", "'madsim_*'"));
+    let args = [
+        "test",
+        "-p",
+        "paloma-scenarios",
+        "--test",
+        "madsim_*",
+        "--target-dir",
+        "target/sim",
+    ];
+    let replay = format!(
+        "RUSTFLAGS=\"{rustflags}\" MADSIM_TEST_SEED={seed} MADSIM_TEST_NUM={seeds} cargo {}",
+        args.join(" ").replace("madsim_*", "'madsim_*'")
+    );
     println!("running: {replay}");
     let out = Command::new(&cargo)
         .args(args)
@@ -53,10 +66,21 @@ fn madsim_scenarios_run_under_plain_cargo_test() {
         .filter_map(|rest| rest.split_whitespace().next()?.parse::<usize>().ok())
         .sum();
     let report = || {
-        let tail: Vec<&str> = stderr.lines().rev().take(60).collect::<Vec<_>>().into_iter().rev().collect();
+        let tail: Vec<&str> = stderr
+            .lines()
+            .rev()
+            .take(60)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
         format!("--- stdout ---\n{stdout}\n--- stderr (tail) ---\n{}\n--- replay ---\n{replay}\n(or one test and seed: MADSIM_TEST_SEED=<seed> cargo simtest -- --exact <test>)", tail.join("\n"))
     };
-    assert!(out.status.success(), "the madsim scenarios failed\n{}", report());
+    assert!(
+        out.status.success(),
+        "the madsim scenarios failed\n{}",
+        report()
+    );
     assert!(passed >= SIMULATED_TESTS, "only {passed} simulated tests ran, expected {SIMULATED_TESTS}: was `--cfg madsim` lost?\n{}", report());
     println!("{passed} simulated tests passed (seeds {seed}.. x{seeds})");
 }

@@ -43,7 +43,10 @@ pub struct Checker {
 
 impl Checker {
     fn new(test: &str) -> Checker {
-        Checker { safety: Mutex::new(SafetyChecker::new()), test: test.to_string() }
+        Checker {
+            safety: Mutex::new(SafetyChecker::new()),
+            test: test.to_string(),
+        }
     }
 
     /// Steps observed.
@@ -58,7 +61,11 @@ impl Checker {
 
     /// Highest committed index observed.
     pub fn committed(&self) -> u64 {
-        lock(&self.safety).committed().keys().next_back().map_or(0, |i| i.0)
+        lock(&self.safety)
+            .committed()
+            .keys()
+            .next_back()
+            .map_or(0, |i| i.0)
     }
 }
 
@@ -97,7 +104,13 @@ pub struct Workload {
 
 impl Default for Workload {
     fn default() -> Workload {
-        Workload { clients: 4, keys: 4, read_percent: 30, cas_percent: 30, think: Duration::from_millis(5)..Duration::from_millis(80) }
+        Workload {
+            clients: 4,
+            keys: 4,
+            read_percent: 30,
+            cas_percent: 30,
+            think: Duration::from_millis(5)..Duration::from_millis(80),
+        }
     }
 }
 
@@ -122,11 +135,24 @@ impl Run {
         let stop = Arc::new(AtomicBool::new(false));
         let clients = (1..=workload.clients)
             .map(|c| {
-                let client = Client { cluster: cluster.clone(), history: history.clone(), stop: stop.clone(), id: c, workload: workload.clone() };
+                let client = Client {
+                    cluster: cluster.clone(),
+                    history: history.clone(),
+                    stop: stop.clone(),
+                    id: c,
+                    workload: workload.clone(),
+                };
                 madsim::task::spawn(client.run())
             })
             .collect();
-        Run { cluster, checker, history, test: test.to_string(), stop, clients }
+        Run {
+            cluster,
+            checker,
+            history,
+            test: test.to_string(),
+            stop,
+            clients,
+        }
     }
 
     /// Stops the clients after their current operation.
@@ -145,7 +171,11 @@ impl Run {
 
     /// The leader of the highest term among running nodes, if any.
     pub fn leader(&self) -> Option<NodeId> {
-        self.cluster.leaders().into_iter().max_by_key(|&(_, t)| t).map(|(id, _)| id)
+        self.cluster
+            .leaders()
+            .into_iter()
+            .max_by_key(|&(_, t)| t)
+            .map(|(id, _)| id)
     }
 
     /// The fault phase: `duration` of faults drawn from `faults`, each held for a while, healed,
@@ -157,7 +187,10 @@ impl Run {
             let fault = faults[madsim::rand::thread_rng().gen_range(0..faults.len())];
             let hold = Duration::from_millis(madsim::rand::thread_rng().gen_range(300..3000));
             self.inject(fault, hold).await;
-            madsim::time::sleep(Duration::from_millis(madsim::rand::thread_rng().gen_range(100..1500))).await;
+            madsim::time::sleep(Duration::from_millis(
+                madsim::rand::thread_rng().gen_range(100..1500),
+            ))
+            .await;
         }
     }
 
@@ -179,7 +212,12 @@ impl Run {
             Fault::LeaderInMinority => {
                 let leader = self.leader().unwrap_or(shuffled[0]);
                 let mut group = vec![leader];
-                group.extend(shuffled.iter().filter(|&&x| x != leader).take((n - 1) / 2 - 1));
+                group.extend(
+                    shuffled
+                        .iter()
+                        .filter(|&&x| x != leader)
+                        .take((n - 1) / 2 - 1),
+                );
                 c.isolate(&group);
                 madsim::time::sleep(hold).await;
                 c.heal();
@@ -210,7 +248,8 @@ impl Run {
             Fault::OneWay => {
                 // The leader can send but not hear from some followers, or the reverse.
                 let leader = self.leader().unwrap_or(shuffled[0]);
-                let others: Vec<NodeId> = shuffled.iter().copied().filter(|&x| x != leader).collect();
+                let others: Vec<NodeId> =
+                    shuffled.iter().copied().filter(|&x| x != leader).collect();
                 let k = madsim::rand::thread_rng().gen_range(1..=others.len());
                 let inbound = madsim::rand::thread_rng().gen_bool(0.5);
                 for &o in &others[..k] {
@@ -231,8 +270,13 @@ impl Run {
             }
             Fault::KillLeaderTorn => {
                 let victim = self.leader().unwrap_or(shuffled[0]);
-                let mode = if madsim::rand::thread_rng().gen_bool(0.5) { CrashMode::TornPrefix } else { CrashMode::TornScrambled };
-                c.kill_while_unsynced(victim, mode, Duration::from_millis(500)).await;
+                let mode = if madsim::rand::thread_rng().gen_bool(0.5) {
+                    CrashMode::TornPrefix
+                } else {
+                    CrashMode::TornScrambled
+                };
+                c.kill_while_unsynced(victim, mode, Duration::from_millis(500))
+                    .await;
                 madsim::time::sleep(hold).await;
                 c.restart(victim);
             }
@@ -269,26 +313,52 @@ impl Run {
         let mut seq = 0;
         while c.now_nanos() < deadline {
             madsim::time::sleep(Duration::from_millis(50)).await;
-            let Some(leader) = self.stable_leader() else { continue };
+            let Some(leader) = self.stable_leader() else {
+                continue;
+            };
             seq += 1;
             let value = 900_000 + seq;
-            let key = 0;
+            // A key no client touches, so the read must see exactly this write.
+            let key = u8::MAX;
             let op = self.invoke(client, KvOp::Put { key, value });
-            match c.propose(leader, ClientId(client), seq, KvCommand::Put { key, value }.encode(), ATTEMPT_TIMEOUT).await {
+            match c
+                .propose(
+                    leader,
+                    ClientId(client),
+                    seq,
+                    KvCommand::Put { key, value }.encode(),
+                    ATTEMPT_TIMEOUT,
+                )
+                .await
+            {
                 Ok(resp) => self.complete(op, decode_response(&resp).expect("kv response")),
                 Err(e) => {
                     last_err = format!("write via {leader}: {e}");
                     continue;
                 }
             }
-            let reader = c.ids().into_iter().find(|&id| id != leader).unwrap_or(leader);
+            let reader = c
+                .ids()
+                .into_iter()
+                .find(|&id| id != leader)
+                .unwrap_or(leader);
             let op = self.invoke(client + 1, KvOp::Get { key });
-            match c.read(reader, move |kv: &Kv| kv.get(key), ATTEMPT_TIMEOUT).await {
+            match c
+                .read(reader, move |kv: &Kv| kv.get(key), ATTEMPT_TIMEOUT)
+                .await
+            {
                 Ok(v) => {
                     self.complete(op, v);
-                    assert_eq!(v, Some(value), "read after the liveness write saw another value\nreplay: {}", replay(&self.test));
+                    assert_eq!(
+                        v,
+                        Some(value),
+                        "read after the liveness write saw another value\nreplay: {}",
+                        replay(&self.test)
+                    );
                     let took = (c.now_nanos() - start) as f64 / 1e9;
-                    c.note(format_args!("liveness ok in {took:.3}s: leader {leader}, write and read done"));
+                    c.note(format_args!(
+                        "liveness ok in {took:.3}s: leader {leader}, write and read done"
+                    ));
                     return;
                 }
                 Err(e) => last_err = format!("read via {reader}: {e}"),
@@ -304,9 +374,16 @@ impl Run {
     /// A leader that every running node follows in the same term.
     fn stable_leader(&self) -> Option<NodeId> {
         let c = &self.cluster;
-        let statuses: Vec<_> = c.ids().into_iter().map(|id| c.status(id)).collect::<Option<Vec<_>>>()?;
+        let statuses: Vec<_> = c
+            .ids()
+            .into_iter()
+            .map(|id| c.status(id))
+            .collect::<Option<Vec<_>>>()?;
         let leader = statuses.iter().find(|s| s.role == Role::Leader)?;
-        statuses.iter().all(|s| s.term == leader.term && s.leader == Some(leader.id)).then_some(leader.id)
+        statuses
+            .iter()
+            .all(|s| s.term == leader.term && s.leader == Some(leader.id))
+            .then_some(leader.id)
     }
 
     /// After liveness: every node applies the leader's commit index (state equality at equal
@@ -322,7 +399,10 @@ impl Run {
             }
             madsim::time::sleep(Duration::from_millis(50)).await;
         }
-        panic!("nodes did not converge within {bound:?}\nreplay: {}", replay(&self.test));
+        panic!(
+            "nodes did not converge within {bound:?}\nreplay: {}",
+            replay(&self.test)
+        );
     }
 
     /// The history's linearizability, plus a floor on the work done so a silent stall fails.
@@ -338,7 +418,10 @@ impl Run {
             h.len(),
             replay(&self.test)
         );
-        assert!(self.checker.observations() > 0, "the safety checker never ran");
+        assert!(
+            self.checker.observations() > 0,
+            "the safety checker never ran"
+        );
         self.cluster.note(format_args!(
             "summary: {} ops ({} completed, {} reads), {} steps checked, {} leader terms, commit {}",
             h.len(),
@@ -447,15 +530,26 @@ impl Client {
             madsim::time::sleep(think).await;
             let (key, roll, cas_hit) = {
                 let mut rng = madsim::rand::thread_rng();
-                (rng.gen_range(0..self.workload.keys), rng.gen_range(0..100u32), rng.gen_bool(0.7))
+                (
+                    rng.gen_range(0..self.workload.keys),
+                    rng.gen_range(0..100u32),
+                    rng.gen_bool(0.7),
+                )
             };
             next_value += 1;
             let op = if roll < self.workload.read_percent {
                 KvOp::Get { key }
             } else if roll < self.workload.read_percent + self.workload.cas_percent {
-                KvOp::Cas { key, expected: if cas_hit { last_seen } else { None }, new: next_value }
+                KvOp::Cas {
+                    key,
+                    expected: if cas_hit { last_seen } else { None },
+                    new: next_value,
+                }
             } else {
-                KvOp::Put { key, value: next_value }
+                KvOp::Put {
+                    key,
+                    value: next_value,
+                }
             };
             let id = lock(&self.history).invoke(self.id, op, self.cluster.now_nanos());
             if !matches!(op, KvOp::Get { .. }) {
@@ -465,13 +559,31 @@ impl Client {
             let mut result = None;
             while result.is_none() && self.cluster.now_nanos() < give_up {
                 let attempt = match op {
-                    KvOp::Get { key } => self.cluster.read(target, move |kv: &Kv| kv.get(key), ATTEMPT_TIMEOUT).await,
-                    KvOp::Put { key, value } => self.write(target, seq, KvCommand::Put { key, value }).await,
-                    KvOp::Cas { key, expected, new } => self.write(target, seq, KvCommand::Cas { key, expected, new }).await,
+                    KvOp::Get { key } => {
+                        // Reads go to any node half the time: follower reads (ReadIndex through the
+                        // leader) are where stale reads would hide.
+                        let node = if madsim::rand::thread_rng().gen_bool(0.5) {
+                            ids[madsim::rand::thread_rng().gen_range(0..ids.len())]
+                        } else {
+                            target
+                        };
+                        self.cluster
+                            .read(node, move |kv: &Kv| kv.get(key), ATTEMPT_TIMEOUT)
+                            .await
+                    }
+                    KvOp::Put { key, value } => {
+                        self.write(target, seq, KvCommand::Put { key, value }).await
+                    }
+                    KvOp::Cas { key, expected, new } => {
+                        self.write(target, seq, KvCommand::Cas { key, expected, new })
+                            .await
+                    }
                 };
                 match attempt {
                     Ok(v) => result = Some(v),
-                    Err(ClientError::NotLeader(Some(leader))) if leader != target => target = leader,
+                    Err(ClientError::NotLeader(Some(leader))) if leader != target => {
+                        target = leader
+                    }
                     Err(_) => {
                         target = ids[madsim::rand::thread_rng().gen_range(0..ids.len())];
                         let backoff = madsim::rand::thread_rng().gen_range(20..200);
@@ -486,8 +598,16 @@ impl Client {
         }
     }
 
-    async fn write(&self, node: NodeId, seq: u64, cmd: KvCommand) -> Result<Option<u64>, ClientError> {
-        let resp = self.cluster.propose(node, ClientId(self.id), seq, cmd.encode(), ATTEMPT_TIMEOUT).await?;
+    async fn write(
+        &self,
+        node: NodeId,
+        seq: u64,
+        cmd: KvCommand,
+    ) -> Result<Option<u64>, ClientError> {
+        let resp = self
+            .cluster
+            .propose(node, ClientId(self.id), seq, cmd.encode(), ATTEMPT_TIMEOUT)
+            .await?;
         Ok(decode_response(&resp).expect("kv response decodes"))
     }
 }
