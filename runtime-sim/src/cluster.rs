@@ -254,6 +254,25 @@ impl<S: StateMachine + 'static> Cluster<S> {
         self.handles[&id].id()
     }
 
+    /// Ends the run: kills every node that is up and lets the executor drop the killed tasks.
+    ///
+    /// Call it last in a scenario. madsim does not drop the tasks still pending when `block_on`
+    /// returns: its run queue and timer heap hold them, and they hold the executor (a reference
+    /// cycle), so every node's log, redb and disk image leaked once per seed, about 10 MB per
+    /// 5-node seed, and a 1,000-seed sweep ran out of memory.
+    pub async fn shutdown(&self) {
+        for &id in self.slots.keys() {
+            if lock(&self.down).insert(id) {
+                Handle::current().kill(self.mid(id));
+                let slot = self.slot(id);
+                *lock(&slot.inbox) = None;
+                *lock(&slot.status) = None;
+            }
+        }
+        // Killed tasks are dropped when the executor next polls them.
+        madsim::time::sleep(Duration::from_millis(1)).await;
+    }
+
     // ----- crashes ----------------------------------------------------------------------------
 
     /// Power cut: the node's tasks die, its disk keeps what `mode` allows of unsynced writes.

@@ -58,3 +58,16 @@ fn sweep_chaos3() {
 fn sweep_membership() {
     run(Family::Membership);
 }
+
+/// Seeds that once failed a sweep, kept so the fix stays fixed.
+///
+/// - chaos5 4077: the votes for n1's term-3 candidacy were delayed by a latency spike for 1.6 s,
+///   long after n3 won term 4 and committed entries n1 lacks; n1 then legally became leader of term
+///   3 (Raft §5.4 binds a leader only to entries committed in *earlier* terms). The checker used to
+///   flag it as a leader-completeness violation; the run must pass and still show both leaders.
+#[test]
+fn regression_seeds() {
+    let (report, _) = paloma_scenarios::sweep::run_one(Family::Chaos5.config(4077));
+    assert_eq!(report.failure, None, "{}", report.summary());
+    assert!(report.leaders >= 4, "{}", report.summary());
+}

@@ -32,6 +32,7 @@ async fn chaos(
     run.converge(Duration::from_secs(10)).await;
     run.check_history(completed_min);
     println!("{}", run.summary());
+    run.shutdown().await;
 }
 
 #[madsim::test]

@@ -193,6 +193,7 @@ async fn three_kill_restart_cycles_lose_no_acknowledged_write() {
         acked.len(),
         c.crash_reports().len()
     );
+    run.shutdown().await;
 }
 
 /// A short chaos run that returns its trace.
@@ -208,7 +209,9 @@ async fn traced_run() -> String {
     run.liveness(Duration::from_secs(20)).await;
     run.stop_clients().await;
     run.check_history(1);
-    run.cluster.trace().text()
+    let trace = run.cluster.trace().text();
+    run.shutdown().await;
+    trace
 }
 
 #[test]

@@ -163,6 +163,15 @@ impl Run {
         }
     }
 
+    /// Ends the run (last call of a scenario): stops any client still running and shuts the
+    /// cluster down, so that nothing of this seed outlives it (`Cluster::shutdown`).
+    pub async fn shutdown(mut self) {
+        for c in self.clients.drain(..) {
+            c.abort();
+        }
+        self.cluster.shutdown().await;
+    }
+
     /// Random node.
     pub fn any_node(&self) -> NodeId {
         let ids = self.cluster.ids();

@@ -1,0 +1,159 @@
+//! Simulation speed of both simulators: simulated seconds per wall second for 5-node chaos runs,
+//! beside a fault-free 5-node run of the same simulator measured in the same process (the
+//! baseline: what the faults, the checkers and crash recovery cost on top of plain replication).
+//!
+//! ```sh
+//! cargo bench -p paloma-scenarios --bench simspeed    # the fast simulator (scenarios/src/fastsim)
+//! cargo simbench                                      # both: the fast simulator and madsim
+//! SIMSPEED_SEEDS=50 cargo simbench                    # more seeds per row
+//! ```
+//!
+//! `cargo simbench` is the alias in `.cargo/config.toml` that builds this bench with `--cfg madsim`
+//! in `target/sim`, where the madsim rows exist.
+
+// A bench measures wall time: that is its purpose (clippy.toml bans clock reads for the core).
+#![allow(clippy::disallowed_methods)]
+
+use paloma_scenarios::fastsim::{Faults, SimConfig};
+use paloma_scenarios::sweep::run_one;
+use std::time::{Duration, Instant};
+
+#[cfg(madsim)]
+#[path = "../tests/madsim_support/mod.rs"]
+mod madsim_support;
+
+fn seeds() -> u64 {
+    std::env::var("SIMSPEED_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20)
+}
+
+struct Row {
+    simulator: &'static str,
+    scenario: &'static str,
+    runs: u64,
+    simulated: Duration,
+    wall: Duration,
+}
+
+impl Row {
+    fn print(&self) {
+        let speed = self.simulated.as_secs_f64() / self.wall.as_secs_f64().max(1e-9);
+        println!(
+            "{:<8} {:<44} {:>5} {:>12.1} {:>9.2} {:>8.0}x",
+            self.simulator,
+            self.scenario,
+            self.runs,
+            self.simulated.as_secs_f64(),
+            self.wall.as_secs_f64(),
+            speed
+        );
+    }
+}
+
+/// Runs `cfg(seed)` for every seed and adds up simulated and wall time; a failing run aborts
+/// the bench (a speed figure of a broken run means nothing).
+fn fast_row(scenario: &'static str, cfg: impl Fn(u64) -> SimConfig) -> Row {
+    let mut row = Row {
+        simulator: "fast",
+        scenario,
+        runs: 0,
+        simulated: Duration::ZERO,
+        wall: Duration::ZERO,
+    };
+    for seed in 1..=seeds() {
+        let start = Instant::now();
+        let (report, _) = run_one(cfg(seed));
+        row.wall += start.elapsed();
+        assert_eq!(report.failure, None, "{}", report.summary());
+        row.simulated += report.sim_time;
+        row.runs += 1;
+    }
+    row
+}
+
+fn quiet_faults() -> Faults {
+    Faults {
+        loss_ppm: 0,
+        dup_ppm: 0,
+        spike_ppm: 0,
+        partitions: false,
+        crashes: false,
+        torn_writes: false,
+        drift_ppm_max: 0,
+        membership: false,
+        ..Faults::default()
+    }
+}
+
+#[cfg(madsim)]
+fn madsim_row(scenario: &'static str, all_faults: bool) -> Row {
+    use madsim_support::{sim_config, Fault, Run, Workload};
+    let mut row = Row {
+        simulator: "madsim",
+        scenario,
+        runs: 0,
+        simulated: Duration::ZERO,
+        wall: Duration::ZERO,
+    };
+    for seed in 1..=seeds() {
+        let rt = madsim::runtime::Runtime::with_seed_and_config(seed, madsim::Config::default());
+        let start = Instant::now();
+        let simulated = rt.block_on(async move {
+            // The same phases and settings as `five_nodes_all_faults` in tests/madsim_chaos.rs.
+            let cfg = paloma_runtime_sim::SimConfig {
+                drift_ppm_max: if all_faults { 20_000 } else { 0 },
+                ..sim_config()
+            };
+            let workload = Workload {
+                clients: 6,
+                keys: 6,
+                ..Workload::default()
+            };
+            let mut run = Run::start(scenario, 5, cfg, &workload);
+            let begin = madsim::time::Instant::now();
+            madsim::time::sleep(Duration::from_secs(2)).await;
+            if all_faults {
+                run.nemesis(&Fault::ALL, Duration::from_secs(30)).await;
+            } else {
+                madsim::time::sleep(Duration::from_secs(30)).await;
+            }
+            run.liveness(Duration::from_secs(20)).await;
+            run.stop_clients().await;
+            run.converge(Duration::from_secs(10)).await;
+            run.check_history(50);
+            let simulated = begin.elapsed();
+            run.shutdown().await;
+            simulated
+        });
+        row.wall += start.elapsed();
+        row.simulated += simulated;
+        row.runs += 1;
+    }
+    row
+}
+
+fn main() {
+    println!(
+        "paloma simulation speed: 5-node runs, {} seeds per row, simulated seconds per wall second",
+        seeds()
+    );
+    println!(
+        "{:<8} {:<44} {:>5} {:>12} {:>9} {:>9}",
+        "sim", "scenario", "runs", "simulated s", "wall s", "speed"
+    );
+    fast_row("5 nodes, no faults (baseline)", |seed| SimConfig {
+        faults: quiet_faults(),
+        ..SimConfig::chaos(seed)
+    })
+    .print();
+    fast_row("chaos5: all faults", SimConfig::chaos).print();
+    #[cfg(madsim)]
+    {
+        madsim_row("5 nodes, no faults (baseline)", false).print();
+        madsim_row("five_nodes_all_faults", true).print();
+    }
+    #[cfg(not(madsim))]
+    println!("madsim rows: run `cargo simbench` (this bench built with --cfg madsim)");
+}
