@@ -10,7 +10,7 @@
 //!   fires on a legal run: a candidate of T whose votes were delayed may still win T after a
 //!   leader of T+1 committed entries it lacks (seen at seed 4077 of the 10,000-seed sweep).
 //! - State machine safety: nodes that applied the same index have the same state.
-//! - Per node: term never decreases within an incarnation; the durable term and vote never regress
+//! - Per node: term, commit and applied never decrease within an incarnation; the durable term and vote never regress
 //!   across restarts (vote durability: no double vote in a term).
 
 use paloma_core::io::Role;
@@ -118,6 +118,20 @@ impl SafetyChecker {
             )));
         }
         track.term = st.term;
+        // Within one incarnation the commit and applied indexes only grow (Raft Figure 2: both are
+        // monotonic; a restart starts them over from what is durable, see `on_restart`).
+        if st.commit < track.commit_checked {
+            return Err(Violation(format!(
+                "{id}: commit went back from {} to {}",
+                track.commit_checked, st.commit
+            )));
+        }
+        if st.applied < track.applied {
+            return Err(Violation(format!(
+                "{id}: applied went back from {} to {}",
+                track.applied, st.applied
+            )));
+        }
         // Election safety.
         if st.role == Role::Leader {
             if let Some(&other) = self.leaders.get(&st.term) {

@@ -103,26 +103,32 @@ impl DedupTable {
         seq: u64,
         data: &[u8],
     ) -> Applied {
-        if let Some(rec) = self.clients.get(&ctx.client) {
-            if seq == rec.seq {
-                return Applied::Duplicate(rec.response.clone());
+        // One lookup, and the client's record is updated in place (its response buffer reused):
+        // this runs for every applied command.
+        let response = match self.clients.get_mut(&ctx.client) {
+            Some(rec) if seq == rec.seq => return Applied::Duplicate(rec.response.clone()),
+            Some(rec) if seq < rec.seq => return Applied::Stale,
+            Some(rec) => {
+                let response = sm.apply(ctx, data);
+                self.by_index.remove(&rec.last_index);
+                rec.seq = seq;
+                rec.response.clone_from(&response);
+                rec.last_index = ctx.index;
+                response
             }
-            if seq < rec.seq {
-                return Applied::Stale;
+            None => {
+                let response = sm.apply(ctx, data);
+                self.clients.insert(
+                    ctx.client,
+                    ClientRecord {
+                        seq,
+                        response: response.clone(),
+                        last_index: ctx.index,
+                    },
+                );
+                response
             }
-        }
-        let response = sm.apply(ctx, data);
-        if let Some(old) = self.clients.remove(&ctx.client) {
-            self.by_index.remove(&old.last_index);
-        }
-        self.clients.insert(
-            ctx.client,
-            ClientRecord {
-                seq,
-                response: response.clone(),
-                last_index: ctx.index,
-            },
-        );
+        };
         self.by_index.insert(ctx.index, ctx.client);
         while self.clients.len() > self.clients_max {
             let (_, victim) = self.by_index.pop_first().expect("by_index mirrors clients");
@@ -248,5 +254,67 @@ mod tests {
         assert_eq!(sm2.0, 3);
         assert!(t2.restore(&mut sm2, b"\xff\xff").is_err());
         assert_eq!(t2, t, "a failed restore changes nothing");
+    }
+
+    /// The table against a plain model: a list of (client, seq, response, last index), the
+    /// lowest last index evicted first. Covers the in-place update of a known client.
+    mod model {
+        use super::*;
+        use proptest::prelude::*;
+
+        #[derive(Default)]
+        struct Model {
+            records: Vec<(u64, u64, Vec<u8>, u64)>,
+        }
+
+        impl Model {
+            fn apply(
+                &mut self,
+                sm: &mut Counter,
+                client: u64,
+                seq: u64,
+                index: u64,
+                max: usize,
+            ) -> Applied {
+                if let Some(r) = self.records.iter().find(|r| r.0 == client) {
+                    if seq == r.1 {
+                        return Applied::Duplicate(r.2.clone());
+                    }
+                    if seq < r.1 {
+                        return Applied::Stale;
+                    }
+                }
+                let response = sm.apply(&ctx(client, index), b"");
+                self.records.retain(|r| r.0 != client);
+                self.records.push((client, seq, response.clone(), index));
+                while self.records.len() > max {
+                    let oldest = (0..self.records.len())
+                        .min_by_key(|&i| self.records[i].3)
+                        .expect("non-empty");
+                    self.records.remove(oldest);
+                }
+                Applied::Fresh(response)
+            }
+        }
+
+        proptest! {
+            #[test]
+            fn matches_the_model(
+                max in 1usize..5,
+                ops in proptest::collection::vec((0u64..6, 0u64..5), 1..200),
+            ) {
+                let (mut sm, mut model_sm) = (Counter::default(), Counter::default());
+                let mut table = DedupTable::new(max);
+                let mut model = Model::default();
+                for (i, (client, seq)) in ops.into_iter().enumerate() {
+                    let index = i as u64 + 1;
+                    let got = table.apply(&mut sm, &ctx(client, index), seq, b"");
+                    let want = model.apply(&mut model_sm, client, seq, index, max);
+                    prop_assert_eq!(got, want);
+                    prop_assert_eq!(table.len(), model.records.len());
+                }
+                prop_assert_eq!(sm.0, model_sm.0);
+            }
+        }
     }
 }
