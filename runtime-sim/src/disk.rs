@@ -88,6 +88,8 @@ pub struct DiskStats {
     pub crashes_torn: u64,
     /// Calls refused because they came from a dead incarnation.
     pub fenced_calls: u64,
+    /// Fsyncs that failed on purpose ([`SimDisk::fail_syncs`]).
+    pub failed_syncs: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -107,6 +109,8 @@ struct DiskState {
     pending: Vec<PendingOp>,
     incarnation: u64,
     opened: bool,
+    /// While set, every fsync fails (see [`SimDisk::fail_syncs`]).
+    failing_syncs: bool,
     stats: DiskStats,
 }
 
@@ -158,6 +162,15 @@ impl SimDisk {
         for op in &settled {
             apply(&mut st.durable, op);
         }
+    }
+
+    /// From now on every fsync fails (`on`) or works again (`!on`): the fsync error of a dying
+    /// disk or a full thin-provisioned volume. A failed fsync records no barrier, so the writes
+    /// before it stay unsynced and a later crash may lose or tear them. After a failed fsync the
+    /// kernel may already have dropped the dirty pages (PostgreSQL's "fsyncgate", 2018): the only
+    /// safe reaction is to stop and recover from what is durable, never to retry and acknowledge.
+    pub fn fail_syncs(&self, on: bool) {
+        self.lock().failing_syncs = on;
     }
 
     /// Whether a crash now would have anything to lose or tear.
@@ -305,6 +318,10 @@ impl redb::StorageBackend for SimDiskBackend {
 
     fn sync_data(&self) -> io::Result<()> {
         let mut st = self.live()?;
+        if st.failing_syncs {
+            st.stats.failed_syncs += 1;
+            return Err(io::Error::other("SimDisk: fsync failed (injected)"));
+        }
         st.stats.syncs += 1;
         st.pending.push(PendingOp::Sync);
         Ok(())
@@ -376,6 +393,26 @@ mod tests {
         b2.read(0, &mut out).unwrap();
         assert!(out[..512].iter().all(|&x| x == 1));
         assert!(out[512..].iter().all(|&x| x == 0));
+    }
+
+    #[test]
+    fn a_failed_sync_makes_nothing_durable() {
+        let disk = SimDisk::new();
+        let b = disk.open();
+        b.write(0, b"kept").unwrap();
+        b.sync_data().unwrap();
+        disk.settle();
+        disk.fail_syncs(true);
+        b.write(0, b"lost").unwrap();
+        assert!(b.sync_data().is_err());
+        disk.settle();
+        assert_eq!(disk.stats().failed_syncs, 1);
+        disk.fail_syncs(false);
+        disk.crash(CrashMode::LoseUnsynced, 1);
+        let b = disk.open();
+        let mut out = [0u8; 4];
+        b.read(0, &mut out).unwrap();
+        assert_eq!(&out, b"kept");
     }
 
     #[test]

@@ -3,6 +3,8 @@
 //! - `three_kill_restart_cycles_lose_no_acknowledged_write`: writers put distinct keys while the
 //!   leader, then a follower, then every node at once lose power with writes in flight (torn or
 //!   scrambled unsynced writes); every write a client saw acknowledged must be readable at the end.
+//! - `fsync_failure_stops_the_leader_and_loses_nothing`: the leader's fsyncs start failing; it must
+//!   stop rather than acknowledge, the others go on, and after a restart nothing acknowledged is lost.
 //! - `same_seed_same_trace`: one seed run twice gives the identical trace text.
 #![cfg(madsim)]
 #![allow(clippy::disallowed_types)] // the acknowledged-writes list is shared with writer tasks
@@ -193,6 +195,60 @@ async fn three_kill_restart_cycles_lose_no_acknowledged_write() {
         acked.len(),
         c.crash_reports().len()
     );
+    run.shutdown().await;
+}
+
+/// raft-checklist "Disk full or fsync error: the node must stop or fence itself, not ack". The
+/// leader's disk starts failing every fsync while clients write. Its redb commit fails, so the
+/// driver never reports the batch durable: the core sends no acknowledgement and does not count
+/// itself, and the driver stops the node (`node.rs`: "storage failed, stopping"). The two others
+/// elect a leader and keep serving. Then the operator's fix: the disk works again, the node is
+/// power-cycled (its unsynced writes are lost) and restarts from what is durable. The safety
+/// checker runs throughout, and the client history, including every write acknowledged while the
+/// disk was failing, must be linearizable at the end.
+#[madsim::test]
+async fn fsync_failure_stops_the_leader_and_loses_nothing() {
+    const TEST: &str = "fsync_failure_stops_the_leader_and_loses_nothing";
+    let mut run = Run::start(TEST, 3, sim_config(), &Workload::default());
+    madsim::time::sleep(Duration::from_secs(2)).await;
+    let c = run.cluster.clone();
+    let victim = run.leader().expect("a leader after 2 s");
+    c.note(format_args!("{victim}'s fsyncs start failing"));
+    c.disk(victim).fail_syncs(true);
+    // Clients write all the time: the next persist batch fails within moments.
+    let mut waited = Duration::ZERO;
+    while c.status(victim).is_some() && waited < Duration::from_secs(2) {
+        madsim::time::sleep(Duration::from_millis(1)).await;
+        waited += Duration::from_millis(1);
+    }
+    assert!(
+        c.status(victim).is_none(),
+        "{victim} kept running for 2 s with failing fsyncs\nreplay: {}",
+        replay(TEST)
+    );
+    assert!(c.disk(victim).stats().failed_syncs >= 1);
+    // The others elect a leader and go on without it.
+    let mut new_leader = None;
+    for _ in 0..200 {
+        madsim::time::sleep(Duration::from_millis(50)).await;
+        new_leader = run.leader().filter(|&l| l != victim);
+        if new_leader.is_some() {
+            break;
+        }
+    }
+    assert!(
+        new_leader.is_some(),
+        "no new leader within 10 s of {victim} stopping\nreplay: {}",
+        replay(TEST)
+    );
+    madsim::time::sleep(Duration::from_secs(2)).await;
+    c.disk(victim).fail_syncs(false);
+    c.kill_with(victim, CrashMode::LoseUnsynced);
+    run.liveness(Duration::from_secs(20)).await;
+    run.stop_clients().await;
+    run.converge(Duration::from_secs(10)).await;
+    run.check_history(20);
+    println!("{} stopped={victim}", run.summary());
     run.shutdown().await;
 }
 

@@ -16,7 +16,7 @@ use std::path::Path;
 use std::process::Command;
 
 /// The simulated tests in `tests/madsim_*.rs` (the count the nested run must reach).
-const SIMULATED_TESTS: usize = 8;
+const SIMULATED_TESTS: usize = 9;
 const DEFAULT_SEED: &str = "1";
 const DEFAULT_SEEDS: &str = "2";
 
