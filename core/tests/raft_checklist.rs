@@ -1,18 +1,19 @@
 //! Scripted tests for items of `raft-checklist.md` that the audit found MISSING or PARTIAL: the RPC
-//! budget (R6), stale snapshots (S2), restart from a snapshot (S3), a bounded log (S5) and a learner
-//! that catches up through a snapshot (M1). Same harness as `raft_scripted.rs`: the cluster-wide
-//! checkers run after every step of every test.
+//! budget (R6), stale snapshots (S2), restart from a snapshot (S3), a bounded log (S5), a learner
+//! that catches up through a snapshot (M1), the async-storage ABA race (P5) and a split vote (E6).
+//! Same harness as `raft_scripted.rs`: the cluster-wide checkers run after every step of every
+//! test.
 
 mod support;
 
 use paloma_core::io::{Role, TimerKind};
-use paloma_core::raft::message::{Body, Envelope};
+use paloma_core::raft::message::{AppendResponse, Body, Envelope};
 use paloma_core::raft::{Config, Membership, MembershipChange};
-use paloma_core::storage::PersistOp;
-use paloma_core::{LogIndex, NodeId};
+use paloma_core::storage::{PersistBatch, PersistOp};
+use paloma_core::{LogId, LogIndex, NodeId, Term};
 use std::collections::BTreeSet;
 use std::time::Duration;
-use support::{n, Cluster};
+use support::{is_truncate, kind, n, Cluster};
 
 const ET: Duration = Duration::from_millis(1000);
 
@@ -365,4 +366,162 @@ fn learner_catches_up_via_snapshot_then_promoted() {
     ));
     c.settle();
     c.assert_converged(lead);
+}
+
+fn is_election(m: &Envelope) -> bool {
+    matches!(
+        m.body,
+        Body::PreVote(_) | Body::PreVoteResp(_) | Body::Vote(_) | Body::VoteResp(_)
+    )
+}
+
+/// The terms of the entries on `id`'s disk.
+fn durable_terms(c: &Cluster, id: NodeId) -> Vec<u64> {
+    let state = c.node(id).storage.state();
+    state.entries.iter().map(|e| e.term().0).collect()
+}
+
+/// Takes every in-flight `AppendAccepted` from `from` to `to` (any node if `None`).
+fn take_acks(c: &mut Cluster, from: NodeId, to: Option<NodeId>) -> Vec<Envelope> {
+    c.take_messages(|m| {
+        m.from == from && to.is_none_or(|t| m.to == t) && kind(&m.body) == "AppendAccepted"
+    })
+}
+
+/// Whether `batch` appends the entry `id`.
+fn appends(batch: &PersistBatch, id: LogId) -> bool {
+    let holds =
+        |op: &PersistOp| matches!(op, PersistOp::Append(es) if es.iter().any(|e| e.id == id));
+    batch.ops.iter().any(holds)
+}
+
+/// Checklist P5, async persistence ABA (etcd `async_storage_writes_append_aba_race.txt`). n2's slow
+/// disk is still writing the old leader's uncommitted 2@1 and 3@1 when a newer leader (n3, term 2)
+/// overwrites index 2 with 2@2. When the old write completes, n2 must not take it for the
+/// durability of what its log holds now: no acknowledgement reaches n3 before the batch that
+/// truncates is durable, and the `on_persisted` guard must not record index 3 (gone) or 2 (now
+/// 2@2) as durable, or `check_invariants` (run after every step) sees a durable match past the log.
+/// Nothing of the old leader is ever applied.
+#[test]
+fn async_append_aba_guard() {
+    let at2 = |term| LogId::new(Term(term), LogIndex(2));
+    let (old, new) = (at2(1), at2(2));
+    let mut c = Cluster::new(3);
+    c.elect(n(1));
+    c.settle();
+    // n1 sends 2@1 and 3@1 to n2 only; neither disk finishes writing them.
+    c.hold_persist(n(1));
+    c.hold_persist(n(2));
+    c.cut(n(1), n(3));
+    c.propose(n(1), 1, 1, b"old a").unwrap();
+    c.propose(n(1), 1, 2, b"old b").unwrap();
+    while c.deliver(n(1), n(2)) {}
+    assert_eq!(c.log_terms(n(2)), [1, 1, 1]);
+    assert_eq!(
+        durable_terms(&c, n(2)),
+        [1],
+        "2@1 and 3@1 not durable on n2"
+    );
+    c.net.clear();
+    c.crash(n(1));
+    c.release_persist(n(1));
+    assert_eq!(c.log_terms(n(1)), [1], "n1 lost its copy");
+    // n3 wins term 2 with n1's vote (n2's longer log refuses) and sends its no-op 2@2 to n2 only.
+    c.heal();
+    c.advance(3 * ET);
+    c.tick(n(3));
+    c.deliver_matching(is_election);
+    assert_eq!(c.leader(), Some(n(3)));
+    assert_eq!(c.status(n(3)).term, Term(2));
+    c.drop_messages(|m| m.to == n(1));
+    let queue = |c: &Cluster| c.node(n(2)).unpersisted.clone();
+    let held_at = queue(&c).iter().position(|b| appends(b, old));
+    assert_eq!(c.deliver_matching(|m| kind(&m.body) == "Append"), 1);
+    assert_eq!(c.log_terms(n(2)), [1, 2], "2@1 overwritten in memory");
+    let truncating = |b: &PersistBatch| b.ops.iter().any(is_truncate) && appends(b, new);
+    let trunc_at = queue(&c).iter().position(truncating);
+    assert!(held_at.is_some() && trunc_at.is_some() && held_at < trunc_at);
+    // The old write (and the term-2 hard state) completes; the overwrite is still in flight.
+    while !truncating(&queue(&c)[0]) {
+        c.persist_one(n(2));
+    }
+    assert_eq!(durable_terms(&c, n(2)), [1, 1, 1], "old write done");
+    let early = take_acks(&mut c, n(2), Some(n(3)));
+    assert!(early.is_empty(), "2@1's write acked as 2@2: {early:?}");
+    let stale = take_acks(&mut c, n(2), None);
+    assert!(stale.len() == 2 && stale.iter().all(|m| m.to == n(1) && m.term == Term(1)));
+    assert_eq!(c.status(n(3)).commit, LogIndex(1));
+    // The overwrite becomes durable: now n2 acknowledges index 2 to n3, which commits 2@2.
+    c.persist_one(n(2));
+    let ack = take_acks(&mut c, n(2), Some(n(3)));
+    let accepted = AppendResponse::Accepted {
+        match_index: LogIndex(2),
+    };
+    let body = Body::AppendResp(accepted);
+    assert!(matches!(&ack[..], [m] if m.term == Term(2) && m.body == body));
+    c.deliver_envelope(ack[0].clone());
+    assert_eq!(c.status(n(3)).commit, LogIndex(2));
+    c.release_persist(n(2));
+    c.settle();
+    c.assert_converged(n(3));
+    for id in c.ids() {
+        let sm = c.raft(id).state_machine();
+        assert_eq!((sm.count(b"old a"), sm.count(b"old b")), (0, 0), "{id}");
+        assert_eq!(c.node(id).storage.state().entries[1].id, new, "{id}");
+    }
+}
+
+/// Checklist E6, dueling candidates and a split vote resolved by randomized election timeouts
+/// (Raft §5.2; etcd `TestDuelingCandidates`, here without a partition). Four voters, no pre-vote:
+/// n1 and n3 time out at the same instant and each gets one grant before the other's request
+/// lands, so term 1 ends with two candidates holding 2 of the 3 votes needed. Both stay
+/// candidates (2 rejections are not a quorum either). Each redraws its deadline in `[ET, 2 ET)`,
+/// so the node whose timer fires first campaigns alone in term 2 and wins outright. Identical
+/// timeouts would split again forever.
+#[test]
+fn split_vote_resolves_by_randomized_timeouts() {
+    let mut c = Cluster::with_config(4, |cfg| cfg.pre_vote = false);
+    c.advance(2 * ET);
+    c.tick(n(1));
+    c.tick(n(3));
+    assert!(c.deliver(n(1), n(2)) && c.deliver(n(3), n(4)));
+    c.deliver_all();
+    for (id, voted_for) in [(1, 1), (2, 1), (3, 3), (4, 3)] {
+        let st = c.status(n(id));
+        assert_eq!((st.term, st.vote), (Term(1), Some(n(voted_for))), "n{id}");
+    }
+    for id in [n(1), n(3)] {
+        assert_eq!(
+            c.status(id).role,
+            Role::Candidate,
+            "{id} is still campaigning"
+        );
+        assert_eq!(c.raft(id).stats().campaigns, 1, "{id}");
+    }
+    assert_eq!(c.leader(), None, "split vote: nobody won term 1");
+    // Every node now has a fresh, randomized deadline; the earliest decides term 2.
+    let deadlines: BTreeSet<_> = c
+        .ids()
+        .into_iter()
+        .map(|id| c.raft(id).poll_timeout().expect("a voter has a timer").0)
+        .collect();
+    assert_eq!(deadlines.len(), 4, "randomized: no two deadlines equal");
+    let (first_at, first) = c
+        .ids()
+        .into_iter()
+        .map(|id| (c.raft(id).poll_timeout().unwrap().0, id))
+        .min()
+        .unwrap();
+    assert!(first_at >= c.now + ET && first_at < c.now + 2 * ET);
+    c.run_for(5 * ET);
+    let leader = c.leader().expect("the split is resolved");
+    assert_eq!(leader, first, "the first timer to fire wins");
+    assert_eq!(c.status(leader).term, Term(2), "resolved in the next term");
+    let campaigns: u64 = c.nodes.values().map(|x| x.raft.stats().campaigns).sum();
+    assert_eq!(campaigns, 3, "two in term 1, one in term 2");
+    assert_eq!(c.history.leaders.len(), 1);
+    for id in c.ids() {
+        assert_eq!(c.status(id).leader, Some(leader), "{id}");
+    }
+    c.assert_converged(leader);
 }
