@@ -8,48 +8,14 @@ mod support;
 
 use paloma_core::io::{Role, TimerKind};
 use paloma_core::raft::message::{AppendResponse, Body, Envelope};
-use paloma_core::raft::{Config, Membership, MembershipChange};
+use paloma_core::raft::{Membership, MembershipChange};
 use paloma_core::storage::{PersistBatch, PersistOp};
 use paloma_core::{LogId, LogIndex, NodeId, Term};
 use std::collections::BTreeSet;
-use std::time::Duration;
-use support::{is_truncate, kind, n, Cluster};
-
-const ET: Duration = Duration::from_millis(1000);
-
-/// Snapshot every 5 applied entries, keep 2 behind, 64-byte chunks (as in `raft_scripted.rs`).
-fn snapshot_config(cfg: &mut Config) {
-    cfg.snapshot_threshold_entries = 5;
-    cfg.snapshot_trailing_entries = 2;
-    cfg.snapshot_chunk_bytes = 64;
-}
-
-/// Copied from `raft_scripted.rs`.
-fn snapshot_cluster() -> Cluster {
-    Cluster::with_config(3, snapshot_config)
-}
-
-/// Copied from `raft_scripted.rs`: n1 snapshots and compacts past n3 while n3 is cut off, then
-/// the network heals.
-fn lagging_follower_behind_snapshot() -> Cluster {
-    let mut c = snapshot_cluster();
-    c.elect(n(1));
-    c.isolate(n(3));
-    for seq in 1..=30 {
-        c.propose(n(1), 1, seq, format!("command number {seq:04}").as_bytes())
-            .unwrap();
-        c.stabilize();
-    }
-    let lead = c.raft(n(1));
-    assert!(lead.stats().snapshots_taken >= 5);
-    assert!(
-        lead.log().base().index > LogIndex(1),
-        "compacted past n3's log"
-    );
-    assert!(lead.log().snapshot().data.len() > 4 * 64, "several chunks");
-    c.heal();
-    c
-}
+use support::{
+    is_election, is_truncate, kind, lagging_follower_behind_snapshot, n, snapshot_cluster,
+    snapshot_config, Cluster, ET,
+};
 
 fn installed(c: &Cluster, id: NodeId) -> u64 {
     c.raft(id).stats().snapshots_installed
@@ -366,13 +332,6 @@ fn learner_catches_up_via_snapshot_then_promoted() {
     ));
     c.settle();
     c.assert_converged(lead);
-}
-
-fn is_election(m: &Envelope) -> bool {
-    matches!(
-        m.body,
-        Body::PreVote(_) | Body::PreVoteResp(_) | Body::Vote(_) | Body::VoteResp(_)
-    )
 }
 
 /// The terms of the entries on `id`'s disk.

@@ -16,16 +16,10 @@ use paloma_core::storage::PersistOp;
 use paloma_core::{LogId, LogIndex, NodeId, ReadId, Term};
 use proptest::prelude::*;
 use std::time::Duration;
-use support::{is_truncate, kind, n, recovered_with_log, Cluster};
-
-const ET: Duration = Duration::from_millis(1000);
-
-fn is_election(m: &Envelope) -> bool {
-    matches!(
-        m.body,
-        Body::PreVote(_) | Body::PreVoteResp(_) | Body::Vote(_) | Body::VoteResp(_)
-    )
-}
+use support::{
+    is_election, is_truncate, kind, lagging_follower_behind_snapshot, n, recovered_with_log,
+    Cluster, ET,
+};
 
 fn append_carries(m: &Envelope, index: u64) -> bool {
     matches!(&m.body, Body::Append(req) if req.entries.iter().any(|e| e.index() >= LogIndex(index)))
@@ -692,35 +686,6 @@ fn follower_read_through_leader() {
 }
 
 // ----- snapshots (Raft §7, Figure 13) ------------------------------------------------------------------
-
-fn snapshot_cluster() -> Cluster {
-    Cluster::with_config(3, |cfg| {
-        cfg.snapshot_threshold_entries = 5;
-        cfg.snapshot_trailing_entries = 2;
-        cfg.snapshot_chunk_bytes = 64;
-    })
-}
-
-/// Makes n1 snapshot and compact past n3 while n3 is cut off, then heals.
-fn lagging_follower_behind_snapshot() -> Cluster {
-    let mut c = snapshot_cluster();
-    c.elect(n(1));
-    c.isolate(n(3));
-    for seq in 1..=30 {
-        c.propose(n(1), 1, seq, format!("command number {seq:04}").as_bytes())
-            .unwrap();
-        c.stabilize();
-    }
-    let lead = c.raft(n(1));
-    assert!(lead.stats().snapshots_taken >= 5);
-    assert!(
-        lead.log().base().index > LogIndex(1),
-        "compacted past n3's log"
-    );
-    assert!(lead.log().snapshot().data.len() > 4 * 64, "several chunks");
-    c.heal();
-    c
-}
 
 fn is_chunk_at(m: &Envelope, offset: u64) -> bool {
     matches!(&m.body, Body::Snapshot(ch) if ch.offset == offset)

@@ -262,11 +262,8 @@ impl<S: StateMachine + 'static> Cluster<S> {
     /// 5-node seed, and a 1,000-seed sweep ran out of memory.
     pub async fn shutdown(&self) {
         for &id in self.slots.keys() {
-            if lock(&self.down).insert(id) {
-                Handle::current().kill(self.mid(id));
-                let slot = self.slot(id);
-                *lock(&slot.inbox) = None;
-                *lock(&slot.status) = None;
+            if self.is_up(id) {
+                self.power_off(id);
             }
         }
         // Killed tasks are dropped when the executor next polls them.
@@ -277,15 +274,24 @@ impl<S: StateMachine + 'static> Cluster<S> {
 
     /// Power cut: the node's tasks die, its disk keeps what `mode` allows of unsynced writes.
     pub fn kill_with(&self, id: NodeId, mode: CrashMode) -> CrashReport {
-        assert!(lock(&self.down).insert(id), "{id} is already down");
+        assert!(self.is_up(id), "{id} is already down");
+        self.power_off(id);
+        let report = self
+            .slot(id)
+            .disk
+            .crash(mode, madsim::rand::thread_rng().gen());
+        self.note(format_args!("crash {id} {mode:?} ({report})"));
+        lock(&self.crash_reports).push((id, report));
+        report
+    }
+
+    /// Stops the node's tasks and marks it down (what its disk keeps is the caller's business).
+    fn power_off(&self, id: NodeId) {
+        lock(&self.down).insert(id);
         Handle::current().kill(self.mid(id));
         let slot = self.slot(id);
         *lock(&slot.inbox) = None;
         *lock(&slot.status) = None;
-        let report = slot.disk.crash(mode, madsim::rand::thread_rng().gen());
-        self.note(format_args!("crash {id} {mode:?} ({report})"));
-        lock(&self.crash_reports).push((id, report));
-        report
     }
 
     /// Power cut with a crash mode drawn from the configuration.

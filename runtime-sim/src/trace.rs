@@ -14,7 +14,7 @@
 
 #![allow(clippy::disallowed_types)] // a shared sink for every node task; see disk.rs for why a Mutex.
 
-use paloma_core::raft::message::{AppendResponse, Body, Envelope};
+use paloma_core::raft::message::Envelope;
 use std::fmt::{self, Write as _};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -87,13 +87,7 @@ impl Trace {
         if self.enabled() {
             self.line(
                 t_nanos,
-                format_args!(
-                    "{} {arrow} {} {} {}",
-                    env.from,
-                    env.to,
-                    env.term,
-                    describe(&env.body)
-                ),
+                format_args!("{} {arrow} {} {} {}", env.from, env.to, env.term, env.body),
             );
         }
     }
@@ -123,55 +117,10 @@ impl Trace {
     }
 }
 
-/// A message body in a few words.
-#[must_use]
-pub fn describe(body: &Body) -> String {
-    match body {
-        Body::PreVote(r) => format!("PreVote last={:?}", r.last_log),
-        Body::PreVoteResp(r) => format!("PreVoteResp granted={}", r.granted),
-        Body::Vote(r) => format!(
-            "Vote last={:?}{}",
-            r.last_log,
-            if r.transfer { " transfer" } else { "" }
-        ),
-        Body::VoteResp(r) => format!("VoteResp granted={}", r.granted),
-        Body::Append(a) => format!(
-            "Append prev={:?} n={} commit={}",
-            a.prev,
-            a.entries.len(),
-            a.commit.0
-        ),
-        Body::AppendResp(AppendResponse::Accepted { match_index }) => {
-            format!("AppendResp ok match={}", match_index.0)
-        }
-        Body::AppendResp(AppendResponse::Rejected { rejected, hint }) => {
-            format!("AppendResp reject at={} hint={hint:?}", rejected.0)
-        }
-        Body::Heartbeat(h) => format!("Heartbeat commit={} round={}", h.commit.0, h.round),
-        Body::HeartbeatResp(h) => {
-            format!("HeartbeatResp round={} last={}", h.round, h.last_index.0)
-        }
-        Body::Snapshot(c) => format!(
-            "Snapshot last={:?} offset={} len={} total={}",
-            c.meta.last,
-            c.offset,
-            c.data.len(),
-            c.total
-        ),
-        Body::SnapshotResp(a) => format!(
-            "SnapshotResp last={:?} next={} done={}",
-            a.last, a.next_offset, a.done
-        ),
-        Body::TimeoutNow => "TimeoutNow".to_string(),
-        Body::ReadIndex(id) => format!("ReadIndex {id}"),
-        Body::ReadIndexResp(id, idx) => format!("ReadIndexResp {id} {idx:?}"),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use paloma_core::raft::message::AppendRequest;
+    use paloma_core::raft::message::{AppendRequest, Body};
     use paloma_core::{LogId, LogIndex, NodeId, Term};
 
     #[test]

@@ -330,6 +330,14 @@ mod tests {
         let last = state.entries.last().map_or(state.base, |e| e.id);
         let span = state.entries.len() as u64 + 1;
         let pick = |k: u8| LogIndex(state.base.index.0 + u64::from(k) % span);
+        // The term at a picked index: of its entry, or of the base when the pick is the base.
+        let term_at = |i: LogIndex| {
+            state
+                .entries
+                .iter()
+                .find(|e| e.index() == i)
+                .map_or(state.base.term, |e| e.term())
+        };
         match *step {
             Step::HardState(term, vote, commit) => PersistOp::HardState(HardState {
                 term: Term(term),
@@ -346,22 +354,13 @@ mod tests {
             },
             Step::Compact(k) => {
                 let i = pick(k);
-                let term = state
-                    .entries
-                    .iter()
-                    .find(|e| e.index() == i)
-                    .map_or(state.base.term, |e| e.term());
                 PersistOp::Compact {
-                    upto: LogId::new(term, i),
+                    upto: LogId::new(term_at(i), i),
                 }
             }
             Step::Snapshot(k, same_term) => {
                 let i = pick(k);
-                let term = state
-                    .entries
-                    .iter()
-                    .find(|e| e.index() == i)
-                    .map_or(state.base.term, |e| e.term());
+                let term = term_at(i);
                 let term = if same_term { term } else { Term(term.0 + 1) };
                 PersistOp::Snapshot(snapshot(LogId::new(term, i)))
             }

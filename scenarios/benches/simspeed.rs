@@ -73,23 +73,9 @@ fn fast_row(scenario: &'static str, cfg: impl Fn(u64) -> SimConfig) -> Row {
     row
 }
 
-fn quiet_faults() -> Faults {
-    Faults {
-        loss_ppm: 0,
-        dup_ppm: 0,
-        spike_ppm: 0,
-        partitions: false,
-        crashes: false,
-        torn_writes: false,
-        drift_ppm_max: 0,
-        membership: false,
-        ..Faults::default()
-    }
-}
-
 #[cfg(madsim)]
 fn madsim_row(scenario: &'static str, all_faults: bool) -> Row {
-    use madsim_support::{sim_config, Fault, Run, Workload};
+    use madsim_support::{chaos, sim_config, Fault, Workload};
     let mut row = Row {
         simulator: "madsim",
         scenario,
@@ -100,8 +86,9 @@ fn madsim_row(scenario: &'static str, all_faults: bool) -> Row {
     for seed in 1..=seeds() {
         let rt = madsim::runtime::Runtime::with_seed_and_config(seed, madsim::Config::default());
         let start = Instant::now();
+        // The settings of `five_nodes_all_faults` in tests/madsim_chaos.rs; the baseline runs the
+        // same phases with no faults and no drift.
         let simulated = rt.block_on(async move {
-            // The same phases and settings as `five_nodes_all_faults` in tests/madsim_chaos.rs.
             let cfg = paloma_runtime_sim::SimConfig {
                 drift_ppm_max: if all_faults { 20_000 } else { 0 },
                 ..sim_config()
@@ -111,21 +98,18 @@ fn madsim_row(scenario: &'static str, all_faults: bool) -> Row {
                 keys: 6,
                 ..Workload::default()
             };
-            let mut run = Run::start(scenario, 5, cfg, &workload);
-            let begin = madsim::time::Instant::now();
-            madsim::time::sleep(Duration::from_secs(2)).await;
-            if all_faults {
-                run.nemesis(&Fault::ALL, Duration::from_secs(30)).await;
-            } else {
-                madsim::time::sleep(Duration::from_secs(30)).await;
-            }
-            run.liveness(Duration::from_secs(20)).await;
-            run.stop_clients().await;
-            run.converge(Duration::from_secs(10)).await;
-            run.check_history(50);
-            let simulated = begin.elapsed();
-            run.shutdown().await;
-            simulated
+            let faults: &[Fault] = if all_faults { &Fault::ALL } else { &[] };
+            chaos(
+                scenario,
+                5,
+                cfg,
+                workload,
+                faults,
+                Duration::from_secs(30),
+                50,
+            )
+            .await
+            .1
         });
         row.wall += start.elapsed();
         row.simulated += simulated;
@@ -144,7 +128,7 @@ fn main() {
         "sim", "scenario", "runs", "simulated s", "wall s", "speed"
     );
     fast_row("5 nodes, no faults (baseline)", |seed| SimConfig {
-        faults: quiet_faults(),
+        faults: Faults::none(),
         ..SimConfig::chaos(seed)
     })
     .print();

@@ -10,34 +10,13 @@
 
 mod madsim_support;
 
-use madsim_support::{sim_config, Fault, Run, Workload};
+use madsim_support::{chaos, sim_config, Fault, Workload};
 use paloma_runtime_sim::SimConfig;
 use std::time::Duration;
 
-/// Warm-up, fault phase, liveness, drain, convergence, checks.
-async fn chaos(
-    test: &str,
-    nodes: u64,
-    cfg: SimConfig,
-    workload: Workload,
-    faults: &[Fault],
-    fault_time: Duration,
-    completed_min: usize,
-) {
-    let mut run = Run::start(test, nodes, cfg, &workload);
-    madsim::time::sleep(Duration::from_secs(2)).await;
-    run.nemesis(faults, fault_time).await;
-    run.liveness(Duration::from_secs(20)).await;
-    run.stop_clients().await;
-    run.converge(Duration::from_secs(10)).await;
-    run.check_history(completed_min);
-    println!("{}", run.summary());
-    run.shutdown().await;
-}
-
 #[madsim::test]
 async fn three_nodes_minority_partitions_and_loss() {
-    chaos(
+    let (summary, _) = chaos(
         "three_nodes_minority_partitions_and_loss",
         3,
         sim_config(),
@@ -51,11 +30,12 @@ async fn three_nodes_minority_partitions_and_loss() {
         50,
     )
     .await;
+    println!("{summary}");
 }
 
 #[madsim::test]
 async fn five_nodes_majority_no_quorum_and_bridge() {
-    chaos(
+    let (summary, _) = chaos(
         "five_nodes_majority_no_quorum_and_bridge",
         5,
         sim_config(),
@@ -65,11 +45,12 @@ async fn five_nodes_majority_no_quorum_and_bridge() {
         50,
     )
     .await;
+    println!("{summary}");
 }
 
 #[madsim::test]
 async fn one_way_partitions() {
-    chaos(
+    let (summary, _) = chaos(
         "one_way_partitions",
         5,
         sim_config(),
@@ -79,11 +60,12 @@ async fn one_way_partitions() {
         50,
     )
     .await;
+    println!("{summary}");
 }
 
 #[madsim::test]
 async fn kill_restart_with_torn_writes() {
-    chaos(
+    let (summary, _) = chaos(
         "kill_restart_with_torn_writes",
         3,
         sim_config(),
@@ -93,6 +75,7 @@ async fn kill_restart_with_torn_writes() {
         50,
     )
     .await;
+    println!("{summary}");
 }
 
 #[madsim::test]
@@ -102,7 +85,7 @@ async fn duplication_and_clock_drift() {
         drift_ppm_max: 100_000,
         ..sim_config()
     };
-    chaos(
+    let (summary, _) = chaos(
         "duplication_and_clock_drift",
         3,
         cfg,
@@ -112,6 +95,7 @@ async fn duplication_and_clock_drift() {
         50,
     )
     .await;
+    println!("{summary}");
 }
 
 #[madsim::test]
@@ -125,7 +109,7 @@ async fn five_nodes_all_faults() {
         keys: 6,
         ..Workload::default()
     };
-    chaos(
+    let (summary, _) = chaos(
         "five_nodes_all_faults",
         5,
         cfg,
@@ -135,4 +119,5 @@ async fn five_nodes_all_faults() {
         50,
     )
     .await;
+    println!("{summary}");
 }

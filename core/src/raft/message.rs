@@ -57,6 +57,57 @@ pub enum Body {
     ReadIndexResp(ReadId, Option<LogIndex>),
 }
 
+/// One line per message for traces (the simulators' `PALOMA_TRACE` output and `paloma-sim watch`),
+/// e.g. `Append prev=4@2 n=3 commit=4`: the fields that explain a run, never the payloads.
+impl std::fmt::Display for Body {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Body::PreVote(r) => write!(f, "PreVote last={:?}", r.last_log),
+            Body::PreVoteResp(r) => write!(f, "PreVoteResp granted={}", r.granted),
+            Body::Vote(r) => write!(
+                f,
+                "Vote last={:?}{}",
+                r.last_log,
+                if r.transfer { " transfer" } else { "" }
+            ),
+            Body::VoteResp(r) => write!(f, "VoteResp granted={}", r.granted),
+            Body::Append(a) => write!(
+                f,
+                "Append prev={:?} n={} commit={}",
+                a.prev,
+                a.entries.len(),
+                a.commit.0
+            ),
+            Body::AppendResp(AppendResponse::Accepted { match_index }) => {
+                write!(f, "AppendResp ok match={}", match_index.0)
+            }
+            Body::AppendResp(AppendResponse::Rejected { rejected, hint }) => {
+                write!(f, "AppendResp reject at={} hint={hint:?}", rejected.0)
+            }
+            Body::Heartbeat(h) => write!(f, "Heartbeat commit={} round={}", h.commit.0, h.round),
+            Body::HeartbeatResp(h) => {
+                write!(f, "HeartbeatResp round={} last={}", h.round, h.last_index.0)
+            }
+            Body::Snapshot(c) => write!(
+                f,
+                "Snapshot last={:?} offset={} len={} total={}",
+                c.meta.last,
+                c.offset,
+                c.data.len(),
+                c.total
+            ),
+            Body::SnapshotResp(a) => write!(
+                f,
+                "SnapshotResp last={:?} next={} done={}",
+                a.last, a.next_offset, a.done
+            ),
+            Body::TimeoutNow => f.write_str("TimeoutNow"),
+            Body::ReadIndex(id) => write!(f, "ReadIndex {id}"),
+            Body::ReadIndexResp(id, idx) => write!(f, "ReadIndexResp {id} {idx:?}"),
+        }
+    }
+}
+
 /// A (pre-)vote request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VoteRequest {

@@ -869,3 +869,49 @@ impl Cluster {
 pub fn is_truncate(op: &PersistOp) -> bool {
     matches!(op, PersistOp::Truncate { .. })
 }
+
+// ----- shared scenario builders ---------------------------------------------------------------
+
+/// The election timeout of the default configuration, the unit the scripted tests count in.
+pub const ET: Duration = Duration::from_millis(1000);
+
+/// Election traffic: pre-votes, votes and their answers.
+pub fn is_election(m: &Envelope) -> bool {
+    matches!(
+        m.body,
+        Body::PreVote(_) | Body::PreVoteResp(_) | Body::Vote(_) | Body::VoteResp(_)
+    )
+}
+
+/// Snapshot every 5 applied entries, keep 2 behind, 64-byte chunks.
+pub fn snapshot_config(cfg: &mut Config) {
+    cfg.snapshot_threshold_entries = 5;
+    cfg.snapshot_trailing_entries = 2;
+    cfg.snapshot_chunk_bytes = 64;
+}
+
+/// Three nodes with `snapshot_config`.
+pub fn snapshot_cluster() -> Cluster {
+    Cluster::with_config(3, snapshot_config)
+}
+
+/// Makes n1 snapshot and compact past n3 while n3 is cut off, then heals.
+pub fn lagging_follower_behind_snapshot() -> Cluster {
+    let mut c = snapshot_cluster();
+    c.elect(n(1));
+    c.isolate(n(3));
+    for seq in 1..=30 {
+        c.propose(n(1), 1, seq, format!("command number {seq:04}").as_bytes())
+            .unwrap();
+        c.stabilize();
+    }
+    let lead = c.raft(n(1));
+    assert!(lead.stats().snapshots_taken >= 5);
+    assert!(
+        lead.log().base().index > LogIndex(1),
+        "compacted past n3's log"
+    );
+    assert!(lead.log().snapshot().data.len() > 4 * 64, "several chunks");
+    c.heal();
+    c
+}

@@ -1,6 +1,6 @@
 //! A one-line-per-event trace a newcomer can read, and that the determinism check compares.
 
-use paloma_core::raft::message::{AppendResponse, Body, Envelope};
+use paloma_core::raft::message::Envelope;
 use std::fmt::Write as _;
 
 /// The trace of a run (empty when disabled).
@@ -34,10 +34,9 @@ impl Trace {
         if !self.enabled || what != "send" {
             return;
         }
-        let body = describe(&env.body);
         self.line(
             now,
-            format_args!("{} -> {} {} {body}", env.from, env.to, env.term),
+            format_args!("{} -> {} {} {}", env.from, env.to, env.term, env.body),
         );
     }
 
@@ -51,45 +50,5 @@ impl Trace {
     #[must_use]
     pub fn text(&self) -> String {
         self.lines.join("\n")
-    }
-}
-
-fn describe(body: &Body) -> String {
-    match body {
-        Body::PreVote(r) => format!("PreVote last={:?}", r.last_log),
-        Body::PreVoteResp(r) => format!("PreVoteResp granted={}", r.granted),
-        Body::Vote(r) => format!(
-            "Vote last={:?}{}",
-            r.last_log,
-            if r.transfer { " (transfer)" } else { "" }
-        ),
-        Body::VoteResp(r) => format!("VoteResp granted={}", r.granted),
-        Body::Append(a) => format!(
-            "Append prev={:?} n={} commit={}",
-            a.prev,
-            a.entries.len(),
-            a.commit.0
-        ),
-        Body::AppendResp(AppendResponse::Accepted { match_index }) => {
-            format!("AppendResp ok match={}", match_index.0)
-        }
-        Body::AppendResp(AppendResponse::Rejected { rejected, hint }) => {
-            format!("AppendResp reject at={} hint={hint:?}", rejected.0)
-        }
-        Body::Heartbeat(h) => format!("Heartbeat commit={} round={}", h.commit.0, h.round),
-        Body::HeartbeatResp(h) => {
-            format!("HeartbeatResp round={} last={}", h.round, h.last_index.0)
-        }
-        Body::Snapshot(c) => format!(
-            "Snapshot last={:?} offset={} len={} total={}",
-            c.meta.last,
-            c.offset,
-            c.data.len(),
-            c.total
-        ),
-        Body::SnapshotResp(a) => format!("SnapshotResp next={} done={}", a.next_offset, a.done),
-        Body::TimeoutNow => "TimeoutNow".to_string(),
-        Body::ReadIndex(id) => format!("ReadIndex {id}"),
-        Body::ReadIndexResp(id, idx) => format!("ReadIndexResp {id} {idx:?}"),
     }
 }

@@ -621,6 +621,37 @@ impl Client {
     }
 }
 
+/// A whole chaos scenario: warm-up, `fault_time` of faults drawn from `faults` (none: a quiet
+/// network for as long), liveness, drain, convergence, then the history checks. Returns the run's
+/// one-line summary and the simulated time it took (the simulation-speed bench divides it by wall
+/// time).
+pub async fn chaos(
+    test: &str,
+    nodes: u64,
+    cfg: SimConfig,
+    workload: Workload,
+    faults: &[Fault],
+    fault_time: Duration,
+    completed_min: usize,
+) -> (String, Duration) {
+    let mut run = Run::start(test, nodes, cfg, &workload);
+    madsim::time::sleep(Duration::from_secs(2)).await;
+    if faults.is_empty() {
+        madsim::time::sleep(fault_time).await;
+    } else {
+        run.nemesis(faults, fault_time).await;
+    }
+    run.liveness(Duration::from_secs(20)).await;
+    run.stop_clients().await;
+    run.converge(Duration::from_secs(10)).await;
+    run.check_history(completed_min);
+    let summary = run.summary();
+    // Simulated time since the cluster started.
+    let simulated = Duration::from_nanos(run.cluster.now_nanos());
+    run.shutdown().await;
+    (summary, simulated)
+}
+
 /// The simulation settings shared by the chaos scenarios.
 pub fn sim_config() -> SimConfig {
     SimConfig::default()
