@@ -1,4 +1,5 @@
-//! Identifier newtypes (STYLE.md principle 12: ids are never bare integers).
+//! Identifier newtypes: ids are never bare integers (ARCHITECTURE.md, "Identifiers and
+//! configuration").
 
 use serde::{Deserialize, Serialize};
 use std::fmt;

@@ -1,7 +1,8 @@
 //! Paloma's protocol core: sans-IO state machines for Raft, the directory, presence, end-to-end
 //! sessions and mailboxes. Nothing here does IO, reads a clock, spawns a thread or draws OS
 //! randomness: time, randomness, network input and disk completions are inputs; messages to send,
-//! writes to make durable and events for the application are outputs (`../STYLE.md` principles 1-6).
+//! writes to make durable and events for the application are outputs (`ARCHITECTURE.md` at the
+//! repository root: the code map of `core/` and "Determinism").
 //!
 //! # The driving contract
 //!

@@ -1,4 +1,4 @@
-//! Injected, forkable randomness (STYLE.md principle 4).
+//! Injected, forkable randomness (ARCHITECTURE.md, "Determinism").
 //!
 //! The runtime supplies one 64-bit seed; each subsystem forks its own stream by label, so an extra
 //! draw in one subsystem never shifts another's. ChaCha8 is used for its quality and portability

@@ -1,9 +1,10 @@
 //! What the runtime persists for Raft, and the storage trait it implements.
 //!
-//! The core never writes: it emits [`PersistBatch`]es (STYLE.md principle 6). The runtime applies a
-//! batch's operations **in order**, makes them durable (one fsync per batch: this is where appends
-//! and hard-state updates are batched), and only then reports `Input::Persisted(seq)`. Batches must
-//! be applied in `seq` order. After a crash, [`Storage::recover`] returns what was durable.
+//! The core never writes: it emits [`PersistBatch`]es (the driving contract in the crate docs and
+//! in ARCHITECTURE.md). The runtime applies a batch's operations **in order**, makes them durable
+//! (one fsync per batch: this is where appends and hard-state updates are batched), and only then
+//! reports `Input::Persisted(seq)`. Batches must be applied in `seq` order. After a crash,
+//! [`Storage::recover`] returns what was durable.
 
 use crate::ids::{LogId, LogIndex, PersistSeq};
 use crate::raft::types::{Entry, HardState, Snapshot};

@@ -1,5 +1,5 @@
-//! Monotonic time as data. The core never reads a clock (STYLE.md principle 3): the runtime passes
-//! `now` into every call, measured from an epoch of its choosing.
+//! Monotonic time as data. The core never reads a clock (ARCHITECTURE.md, "Determinism"): the
+//! runtime passes `now` into every call, measured from an epoch of its choosing.
 
 use std::ops::Add;
 use std::time::Duration;

@@ -1,8 +1,10 @@
-//! Scripted tests for items of `raft-checklist.md` that the audit found MISSING or PARTIAL: the RPC
-//! budget (R6), stale snapshots (S2), restart from a snapshot (S3), a bounded log (S5), a learner
-//! that catches up through a snapshot (M1), the async-storage ABA race (P5) and a split vote (E6).
-//! Same harness as `raft_scripted.rs`: the cluster-wide checkers run after every step of every
-//! test.
+//! Scripted tests for Raft traps that were otherwise exercised only by random schedules: the RPC
+//! budget (MIT 6.5840 `TestCount3B`), stale snapshots (etcd `TestRestoreIgnoreSnapshot`), restart
+//! from a snapshot (MIT 6.5840 `TestSnapshotInit3D`), a bounded log (MIT 6.5840 `MAXLOGSIZE`), a
+//! learner that catches up through a snapshot (etcd `TestLearnerReceiveSnapshot`), the
+//! async-storage ABA race (etcd `async_storage_writes_append_aba_race.txt`) and a split vote (etcd
+//! `TestDuelingCandidates`). Same harness as `raft_scripted.rs`: the cluster-wide checkers run
+//! after every step of every test.
 
 mod support;
 
@@ -41,11 +43,11 @@ fn since(before: [u64; 7], c: &Cluster) -> [u64; 7] {
     std::array::from_fn(|i| now[i] - before[i])
 }
 
-/// Checklist R6, RPC budget (MIT 6.5840 `TestCount3B` and `TestRPCBytes3B`). An idle
-/// leader sends one heartbeat per peer per `heartbeat_interval` and nothing else; in steady state
-/// each entry costs one Append and one acknowledgement per peer. A leader that re-sent its log on
-/// every tick, or heartbeated on every input, would burn bandwidth in proportion to time or to load
-/// and starve the network long before Raft's safety is at stake.
+/// RPC budget (MIT 6.5840 `TestCount3B` and `TestRPCBytes3B`). An idle leader sends one heartbeat
+/// per peer per `heartbeat_interval` and nothing else; in steady state each entry costs one Append
+/// and one acknowledgement per peer. A leader that re-sent its log on every tick, or heartbeated on
+/// every input, would burn bandwidth in proportion to time or to load and starve the network long
+/// before Raft's safety is at stake.
 #[test]
 fn idle_heartbeat_and_steady_state_rpc_budget() {
     let mut c = Cluster::new(3);
@@ -82,7 +84,7 @@ fn idle_heartbeat_and_steady_state_rpc_budget() {
     c.assert_converged(n(1));
 }
 
-/// Checklist S2, a snapshot older than what the follower applied is ignored (etcd
+/// A snapshot older than what the follower applied is ignored (etcd
 /// `TestRestoreIgnoreSnapshot`; Raft §7). Once n3 installed a snapshot and committed past it, every
 /// chunk of that snapshot is re-delivered (a duplicated or very late message). Installing it would
 /// roll n3's state machine and commit index back, i.e. un-apply committed entries; the follower
@@ -159,7 +161,7 @@ fn stale_snapshot_after_install_is_ignored() {
     c.assert_converged(n(1));
 }
 
-/// Checklist S3, the snapshot carries the membership and the client-session table; a restart from
+/// The snapshot carries the membership and the client-session table; a restart from
 /// snapshot plus log tail restores both (MIT 6.5840 `TestSnapshotInit3D`; openraft 447dc11c,
 /// thesis §6.3). The whole cluster restarts after the config entry and the first apply of
 /// (client 7, seq 1) were compacted away, so they survive only in the snapshot. If the membership
@@ -226,7 +228,7 @@ fn restart_from_snapshot_keeps_membership_and_sessions() {
     );
 }
 
-/// Checklist S5, the log stays bounded under a sustained write load (MIT 6.5840 `MAXLOGSIZE` in
+/// The log stays bounded under a sustained write load (MIT 6.5840 `MAXLOGSIZE` in
 /// `TestSnapshotBasic3D`). With a snapshot every 5 applied entries and 2 trailing, no node may ever
 /// hold more than 5 + 2 + 1 entries in memory or on disk, even while a follower is cut off for half
 /// the run (the leader compacts past it and catches it up with a snapshot). Without compaction, or
@@ -264,7 +266,7 @@ fn log_stays_bounded_under_sustained_writes() {
     assert_eq!(c.raft(n(3)).state_machine().commands.len(), 200);
 }
 
-/// Checklist M1, a learner catches up through a snapshot plus the log, is promoted, and never
+/// A learner catches up through a snapshot plus the log, is promoted, and never
 /// counts toward a commit quorum or an election before that (thesis §4.2.1; etcd
 /// `TestLearnerReceiveSnapshot`, `TestLearnerPromotion`, `TestLearnerElectionTimeout`). Counting a
 /// learner would let a leader commit, or a candidate win, with a minority of the real voters.
@@ -354,7 +356,7 @@ fn appends(batch: &PersistBatch, id: LogId) -> bool {
     batch.ops.iter().any(holds)
 }
 
-/// Checklist P5, async persistence ABA (etcd `async_storage_writes_append_aba_race.txt`). n2's slow
+/// Async persistence ABA (etcd `async_storage_writes_append_aba_race.txt`). n2's slow
 /// disk is still writing the old leader's uncommitted 2@1 and 3@1 when a newer leader (n3, term 2)
 /// overwrites index 2 with 2@2. When the old write completes, n2 must not take it for the
 /// durability of what its log holds now: no acknowledgement reaches n3 before the batch that
@@ -430,7 +432,7 @@ fn async_append_aba_guard() {
     }
 }
 
-/// Checklist E6, dueling candidates and a split vote resolved by randomized election timeouts
+/// Dueling candidates and a split vote resolved by randomized election timeouts
 /// (Raft §5.2; etcd `TestDuelingCandidates`, here without a partition). Four voters, no pre-vote:
 /// n1 and n3 time out at the same instant and each gets one grant before the other's request
 /// lands, so term 1 ends with two candidates holding 2 of the 3 votes needed. Both stay

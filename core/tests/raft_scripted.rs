@@ -82,7 +82,7 @@ fn election_5_nodes() {
     initial_election_is_stable(5);
 }
 
-/// etcd `prevote.txt` / checklist 5: a partitioned follower's pre-votes fail, so its term never
+/// etcd `prevote.txt`, thesis §9.6: a partitioned follower's pre-votes fail, so its term never
 /// rises, and it rejoins without a single leader change.
 #[test]
 fn prevote_partitioned_node_rejoins_without_disruption() {
@@ -128,7 +128,7 @@ fn isolated_leader_step_down(cut_after: Duration) -> (Duration, Cluster) {
     panic!("the isolated leader never stepped down");
 }
 
-/// etcd `checkquorum.txt` / checklist 5: check-quorum runs once per election timeout and needs a
+/// etcd `checkquorum.txt`, thesis §6.2: check-quorum runs once per election timeout and needs a
 /// quorum heard from since the previous check, so an isolated leader steps down at the first check
 /// that follows a whole interval without contact: between one and two election timeouts after the
 /// cut (etcd has the same bound). Its writes are refused afterwards and it follows the new leader
@@ -232,9 +232,9 @@ fn figure8_c() -> Cluster {
     c
 }
 
-/// Raft Figure 8 (c)-(d), §5.4.2 / checklist 1: the term-1 entry at index 2 is on a majority
-/// (n1, n2, n3), yet the term-3 leader must not commit it by counting replicas, because n5 can still
-/// be elected (votes of n3, n4) and overwrite it, which it does.
+/// Raft Figure 8 (c)-(d), §5.4.2: the term-1 entry at index 2 is on a majority (n1, n2, n3), yet
+/// the term-3 leader must not commit it by counting replicas, because n5 can still be elected
+/// (votes of n3, n4) and overwrite it, which it does.
 #[test]
 fn figure8_leader_does_not_commit_old_term_entry_by_counting() {
     let mut c = figure8_c();
@@ -342,9 +342,9 @@ fn figure7_divergent_followers_repaired_with_fast_backtracking() {
     c.assert_converged(n(1));
 }
 
-/// etcd `TestLogReplicationWithReorderedMessage` / checklist 7: a duplicated, stale AppendEntries
-/// arriving after newer ones must not truncate the entries it does not mention, and a stale
-/// rejection arriving after a success must not send the leader back to probing.
+/// etcd `TestLogReplicationWithReorderedMessage`, openraft fix 9540c904: a duplicated, stale
+/// AppendEntries arriving after newer ones must not truncate the entries it does not mention, and a
+/// stale rejection arriving after a success must not send the leader back to probing.
 #[test]
 fn stale_reordered_append_does_not_truncate() {
     let mut c = Cluster::new(3);
@@ -397,7 +397,7 @@ fn stale_reordered_append_does_not_truncate() {
     c.assert_converged(n(1));
 }
 
-// ----- persistence ordering (checklist 6) ------------------------------------------------------------
+// ----- persistence ordering (Raft Figure 2; openraft io_ordering; etcd #14370) ----------------------
 
 /// Raft Figure 2 "respond after persisting" / openraft io_ordering: a follower's append ack is not
 /// released before the batch holding the entries is durable, and the leader does not count its own
@@ -439,7 +439,8 @@ fn append_ack_waits_for_persist() {
     assert_eq!(c.applied(n(1)).len(), 1);
 }
 
-/// Checklist 6: a candidate's vote requests (new term) and a voter's grant wait for the hard state.
+/// Raft Figure 2 (persist before responding): a candidate's vote requests (new term) and a voter's
+/// grant wait for the hard state.
 #[test]
 fn vote_request_and_grant_wait_for_persist() {
     let mut c = Cluster::new(3);
@@ -523,9 +524,9 @@ fn single_node_crash_after_propose_loses_no_committed_entry() {
     assert_eq!(c.raft(n(1)).state_machine().commands, [b"kept".to_vec()]);
 }
 
-/// Checklist 6 (vote durability): a voter that crashes after its vote became durable, before the
-/// grant was sent, still refuses a second candidate in that term; one whose vote was not durable
-/// never sent the grant.
+/// Raft Figure 2, §5.2 (vote durability: one vote per term): a voter that crashes after its vote
+/// became durable, before the grant was sent, still refuses a second candidate in that term; one
+/// whose vote was not durable never sent the grant.
 #[test]
 fn vote_survives_crash_no_double_vote() {
     let mut c = Cluster::with_config(3, |cfg| cfg.pre_vote = false);
@@ -571,7 +572,7 @@ fn vote_survives_crash_no_double_vote() {
 
 // ----- reads (thesis §6.4) ---------------------------------------------------------------------------
 
-/// etcd `TestReadOnlyForNewLeader` / checklist 2: index 2 is committed (and reported) by n1 while
+/// etcd `TestReadOnlyForNewLeader`, thesis §6.4: index 2 is committed (and reported) by n1 while
 /// n2 only knows commit 1. n2 becomes leader; a ReadIndex on it waits until its no-op commits, then
 /// answers with an index that includes entry 2.
 #[test]
@@ -612,9 +613,9 @@ fn readindex_on_new_leader_waits_for_noop_commit() {
     assert_eq!(c.raft(n(2)).state_machine().count(b"w"), 1);
 }
 
-/// Jepsen 2014 / checklist 2: a ReadIndex on a leader cut off from the majority never succeeds: with
-/// check-quorum it fails when the leader steps down; without, it waits until the partition heals and
-/// then fails. The majority meanwhile commits new writes.
+/// Jepsen, "etcd and Consul" (2014), thesis §6.4: a ReadIndex on a leader cut off from the majority
+/// never succeeds: with check-quorum it fails when the leader steps down; without, it waits until
+/// the partition heals and then fails. The majority meanwhile commits new writes.
 #[test]
 fn readindex_on_partitioned_ex_leader_never_returns() {
     for check_quorum in [true, false] {
@@ -854,9 +855,9 @@ fn membership_add_learner_catch_up_promote() {
     );
 }
 
-/// etcd `confchange_v1_remove_leader.txt` / checklist 4: the leader removes itself. Until the config
-/// commits it does not count itself (n1 + n2 is not a quorum of {n2, n3}); once committed it steps
-/// down and never campaigns; the remaining voters elect a leader.
+/// etcd `confchange_v1_remove_leader.txt`, thesis §4.2.2: the leader removes itself. Until the
+/// config commits it does not count itself (n1 + n2 is not a quorum of {n2, n3}); once committed it
+/// steps down and never campaigns; the remaining voters elect a leader.
 #[test]
 fn membership_remove_leader_steps_down_and_stays_quiet() {
     let mut c = Cluster::new(3);
@@ -907,7 +908,7 @@ fn membership_remove_leader_steps_down_and_stays_quiet() {
     assert_eq!(c.raft(n(2)).state_machine().count(b"after removal"), 1);
 }
 
-/// Ongaro, raft-dev 2015 / checklist 3: a new leader may not append a config entry before it has
+/// Ongaro, raft-dev 2015, thesis §4.1: a new leader may not append a config entry before it has
 /// committed an entry of its term; and only one uncommitted config at a time.
 #[test]
 fn membership_change_waits_for_noop_commit_and_one_at_a_time() {
@@ -932,8 +933,8 @@ fn membership_change_waits_for_noop_commit_and_one_at_a_time() {
         .is_ok());
 }
 
-/// Checklist 3 (openraft effective membership): a config entry that a new leader overwrites is
-/// rolled back on the node that appended it.
+/// Thesis §4.1 (the latest config in the log is in effect; openraft effective membership): a config
+/// entry that a new leader overwrites is rolled back on the node that appended it.
 #[test]
 fn membership_truncated_config_entry_rolls_back() {
     let mut c = Cluster::new(3);
@@ -1074,8 +1075,8 @@ fn transfer_leadership_timeout_and_proposals_refused_during_transfer() {
 
 // ----- application-layer exactly-once and flow control ------------------------------------------------
 
-/// Thesis §6.3 / checklist 11: the same (client, seq) proposed twice, on one leader and again on the
-/// next after a leader change, applies once; the retry gets the cached response.
+/// Thesis §6.3: the same (client, seq) proposed twice, on one leader and again on the next after a
+/// leader change, applies once; the retry gets the cached response.
 #[test]
 fn client_dedup_same_seq_applies_once() {
     let mut c = Cluster::new(3);
@@ -1120,8 +1121,8 @@ fn client_dedup_same_seq_applies_once() {
     }
 }
 
-/// etcd `MaxUncommittedEntriesSize` / checklist 10: with quorum lost, proposals are refused with
-/// `Backpressure` at the limit instead of growing the log without bound.
+/// etcd `MaxUncommittedEntriesSize`: with quorum lost, proposals are refused with `Backpressure` at
+/// the limit instead of growing the log without bound.
 #[test]
 fn backpressure_at_uncommitted_entries_max() {
     let mut c = Cluster::with_config(3, |cfg| {

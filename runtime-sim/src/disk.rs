@@ -1,9 +1,9 @@
 //! `SimDisk`: a simulated disk under redb that loses or tears what was not synced when the node
 //! crashes.
 //!
-//! madsim's `kill` is not a power cut (`../shared/notes/madsim.md`): the killed node's Drop code
-//! still runs, and `madsim::fs` keeps unsynced data. So the scenario owns each node's disk, and the
-//! node's redb sees it through a [`SimDiskBackend`] tied to one *incarnation*:
+//! madsim's `kill` is not a power cut (madsim 0.2.34; ARCHITECTURE.md, `runtime-sim/`): the killed
+//! node's Drop code still runs, and `madsim::fs` keeps unsynced data. So the scenario owns each
+//! node's disk, and the node's redb sees it through a [`SimDiskBackend`] tied to one *incarnation*:
 //!
 //! - every write lands in the image reads see, and in a list of *pending* operations;
 //! - `sync_data` only records a barrier: the sync is in flight until the driver, after the
@@ -18,7 +18,8 @@
 //! Nothing here uses madsim: the disk is tested under plain `cargo test`, with redb on top.
 
 // redb's `StorageBackend` takes `&self` and must be `Send + Sync`, so the disk needs a lock; in the
-// single-threaded simulator it is never contended (STYLE.md principle 5 forbids it in `core` only).
+// single-threaded simulator it is never contended (the `clippy.toml` ban is for `core`'s sake:
+// ARCHITECTURE.md, "Determinism").
 #![allow(clippy::disallowed_types)]
 
 use std::fmt;

@@ -10,8 +10,8 @@
 //! - `log[index]`: one [`Entry`] per index.
 //!
 //! Every stored value starts with a version byte ([`RECORD_VERSION`]): postcard is not
-//! self-describing, so the byte is what lets a later release read this format (STYLE.md
-//! principle 15).
+//! self-describing, so the byte is what lets a later release read this format (ARCHITECTURE.md,
+//! "Versioned formats").
 //!
 //! The meaning of each [`PersistOp`] is written once, in [`paloma_core::storage::apply_op`]; this
 //! file mirrors those rules on tables, and its tests compare it with `MemStorage` over random op

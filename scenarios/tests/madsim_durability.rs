@@ -198,14 +198,15 @@ async fn three_kill_restart_cycles_lose_no_acknowledged_write() {
     run.shutdown().await;
 }
 
-/// raft-checklist "Disk full or fsync error: the node must stop or fence itself, not ack". The
-/// leader's disk starts failing every fsync while clients write. Its redb commit fails, so the
-/// driver never reports the batch durable: the core sends no acknowledgement and does not count
-/// itself, and the driver stops the node (`node.rs`: "storage failed, stopping"). The two others
-/// elect a leader and keep serving. Then the operator's fix: the disk works again, the node is
-/// power-cycled (its unsynced writes are lost) and restarts from what is durable. The safety
-/// checker runs throughout, and the client history, including every write acknowledged while the
-/// disk was failing, must be linearizable at the end.
+/// A disk full or an fsync error: the node must stop, never acknowledge (Raft Figure 2: respond
+/// only after persisting; after a failed fsync the kernel may have dropped the dirty pages,
+/// PostgreSQL "fsyncgate", 2018). The leader's disk starts failing every fsync while clients write.
+/// Its redb commit fails, so the driver never reports the batch durable: the core sends no
+/// acknowledgement and does not count itself, and the driver stops the node (`node.rs`: "storage
+/// failed, stopping"). The two others elect a leader and keep serving. Then the operator's fix: the
+/// disk works again, the node is power-cycled (its unsynced writes are lost) and restarts from what
+/// is durable. The safety checker runs throughout, and the client history, including every write
+/// acknowledged while the disk was failing, must be linearizable at the end.
 #[madsim::test]
 async fn fsync_failure_stops_the_leader_and_loses_nothing() {
     const TEST: &str = "fsync_failure_stops_the_leader_and_loses_nothing";

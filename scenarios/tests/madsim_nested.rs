@@ -1,11 +1,11 @@
 //! Runs the madsim scenarios from a plain `cargo test` (and `cargo nextest run`) at the root.
 //!
 //! Simulation needs the whole build compiled with `--cfg madsim`, which no feature or build script
-//! can switch on for one crate (`../shared/notes/madsim.md`). So this ordinary test spawns a nested
-//! `cargo test -p paloma-scenarios --test 'madsim_*'` with `--cfg madsim` *appended* to
-//! `RUSTFLAGS` (when RUSTFLAGS is set, cargo ignores config rustflags, and the simulated tests
-//! would silently compile to nothing) and `--target-dir target/sim`, then asserts from the output
-//! that the simulated tests really ran.
+//! can switch on for one crate (ARCHITECTURE.md, "Running the simulators"). So this ordinary test
+//! spawns a nested `cargo test -p paloma-scenarios --test 'madsim_*'` with `--cfg madsim`
+//! *appended* to `RUSTFLAGS` (when RUSTFLAGS is set, cargo ignores config rustflags, and the
+//! simulated tests would silently compile to nothing) and `--target-dir target/sim`, then asserts
+//! from the output that the simulated tests really ran.
 //!
 //! Seeds: `MADSIM_TEST_SEED` and `MADSIM_TEST_NUM` pass through when set; otherwise the fixed seeds
 //! `DEFAULT_SEED .. DEFAULT_SEED + DEFAULT_SEEDS` run, so CI is deterministic. Set

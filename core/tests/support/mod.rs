@@ -3,10 +3,11 @@
 //! does nothing unless told to. A test decides which message is delivered, dropped, duplicated or
 //! re-injected, which node's timer fires, when a node's writes become durable and when it crashes.
 //!
-//! Every step is followed by the cluster-wide checkers of `raft-checklist.md` (election safety,
-//! committed entries never change, state machine safety at equal applied index, linearizable
-//! ReadIndex answers, `check_invariants` on every live node), so a scripted test or a random
-//! schedule that breaks one of them panics at the step that broke it.
+//! Every step is followed by the cluster-wide checkers (Raft Figure 3's properties and the read
+//! guarantee of thesis §6.4: election safety, committed entries never change, state machine safety
+//! at equal applied index, linearizable ReadIndex answers, `check_invariants` on every live node),
+//! so a scripted test or a random schedule that breaks one of them panics at the step that broke
+//! it.
 //!
 //! Conventions:
 //! - time moves only through [`Cluster::tick`], [`Cluster::advance`] and [`Cluster::run_for`];
