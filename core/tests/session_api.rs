@@ -4,10 +4,10 @@
 use paloma_core::session::kat::XofEntropy;
 use paloma_core::session::keystore::{self, KdfParams};
 use paloma_core::session::{
-    initial_header, AcceptError, DecryptError, EncryptError, IdentityKeyPair, InitiateError,
-    OneTimePrekeyPair, OpenError, PrekeyBundle, PrekeyId, SafetyNumber, Session, SignedPrekeyPair,
-    StateError, CHAIN_JUMP_MAX, PLAINTEXT_BYTES_MAX, PREVIOUS_RECEIVING_CHAINS_MAX,
-    SKIPPED_KEYS_MAX, SKIPPED_KEYS_PER_CHAIN_MAX, STATE_VERSION,
+    initial_header, AcceptError, DecryptError, EncryptError, Entropy, IdentityKeyPair,
+    InitiateError, OneTimePrekeyPair, OpenError, PrekeyBundle, PrekeyId, SafetyNumber, Session,
+    SignedPrekeyPair, StateError, CHAIN_JUMP_MAX, PLAINTEXT_BYTES_MAX,
+    PREVIOUS_RECEIVING_CHAINS_MAX, SKIPPED_KEYS_MAX, SKIPPED_KEYS_PER_CHAIN_MAX, STATE_VERSION,
 };
 
 struct Bob {
@@ -33,7 +33,7 @@ fn established(seed: &[u8]) -> (Session, Session, XofEntropy) {
     let alice_id = IdentityKeyPair::generate(&mut e);
     let b = bob(&mut e);
     let bundle = PrekeyBundle::new(&b.identity, &b.signed_prekey, Some(&b.one_time_prekey));
-    let mut alice = Session::initiate(&alice_id, &bundle, &mut e).unwrap();
+    let mut alice = Session::initiate(&alice_id, b.identity.user_id(), &bundle, &mut e).unwrap();
     let first = alice.encrypt(b"first", &mut e).unwrap();
     let (mut bob_session, _) = Session::accept(
         &b.identity,
@@ -81,7 +81,7 @@ fn tampered_initial_messages_are_refused() {
     let alice_id = IdentityKeyPair::generate(&mut e);
     let b = bob(&mut e);
     let bundle = PrekeyBundle::new(&b.identity, &b.signed_prekey, None);
-    let mut alice = Session::initiate(&alice_id, &bundle, &mut e).unwrap();
+    let mut alice = Session::initiate(&alice_id, b.identity.user_id(), &bundle, &mut e).unwrap();
     let first = alice.encrypt(b"first", &mut e).unwrap();
     for i in 0..first.len() {
         let mut bad = first.clone();
@@ -107,7 +107,7 @@ fn accept_checks_the_prekeys_it_is_given() {
     let other_spk = SignedPrekeyPair::generate(&b.identity, PrekeyId(99), &mut e);
     let other_otk = OneTimePrekeyPair::generate(PrekeyId(98), &mut e);
     let bundle = PrekeyBundle::new(&b.identity, &b.signed_prekey, Some(&b.one_time_prekey));
-    let mut alice = Session::initiate(&alice_id, &bundle, &mut e).unwrap();
+    let mut alice = Session::initiate(&alice_id, b.identity.user_id(), &bundle, &mut e).unwrap();
     let first = alice.encrypt(b"first", &mut e).unwrap();
     let header = initial_header(&first).unwrap().unwrap();
     assert_eq!(header.signed_prekey_id, PrekeyId(7));
@@ -153,15 +153,21 @@ fn initiate_refuses_bad_bundles() {
     // Not a valid compressed Edwards point.
     invalid_key.identity.signing_key = [0xFF; 32];
     assert_eq!(
-        Session::initiate(&alice_id, &bad_sig, &mut e).unwrap_err(),
+        Session::initiate(&alice_id, b.identity.user_id(), &bad_sig, &mut e).unwrap_err(),
         InitiateError::BadSignedPrekeySignature
     );
     assert_eq!(
-        Session::initiate(&alice_id, &swapped_dh, &mut e).unwrap_err(),
+        Session::initiate(&alice_id, b.identity.user_id(), &swapped_dh, &mut e).unwrap_err(),
         InitiateError::BadSignedPrekeySignature
     );
     assert!(matches!(
-        Session::initiate(&alice_id, &invalid_key, &mut e).unwrap_err(),
+        Session::initiate(
+            &alice_id,
+            invalid_key.identity.user_id(),
+            &invalid_key,
+            &mut e
+        )
+        .unwrap_err(),
         InitiateError::InvalidIdentityKey | InitiateError::BadSignedPrekeySignature
     ));
     let own = PrekeyBundle::new(
@@ -170,9 +176,47 @@ fn initiate_refuses_bad_bundles() {
         None,
     );
     assert_eq!(
-        Session::initiate(&alice_id, &own, &mut e).unwrap_err(),
+        Session::initiate(&alice_id, alice_id.user_id(), &own, &mut e).unwrap_err(),
         InitiateError::SelfSession
     );
+}
+
+#[test]
+fn initiate_refuses_a_bundle_of_another_user() {
+    let mut e = XofEntropy::from_seed(b"wrong user");
+    let alice_id = IdentityKeyPair::generate(&mut e);
+    let bob_keys = bob(&mut e);
+    let carol_keys = bob(&mut e);
+    // Alice asked the directory for Bob; it answered with Carol's bundle, valid in itself.
+    let carols = PrekeyBundle::new(
+        &carol_keys.identity,
+        &carol_keys.signed_prekey,
+        Some(&carol_keys.one_time_prekey),
+    );
+    let before = e.clone();
+    assert_eq!(
+        Session::initiate(&alice_id, bob_keys.identity.user_id(), &carols, &mut e).unwrap_err(),
+        InitiateError::WrongUser {
+            expected: bob_keys.identity.user_id(),
+            found: carol_keys.identity.user_id(),
+        }
+    );
+    // Refused before any key was drawn.
+    let (mut drawn_after, mut drawn_before) = ([0u8; 32], [0u8; 32]);
+    e.fill(&mut drawn_after);
+    before.clone().fill(&mut drawn_before);
+    assert_eq!(drawn_after, drawn_before);
+    // Bob's identity with Carol's prekeys is refused too, by the signature.
+    let mut mixed = carols.clone();
+    mixed.identity = *bob_keys.identity.public();
+    assert_eq!(
+        Session::initiate(&alice_id, bob_keys.identity.user_id(), &mixed, &mut e).unwrap_err(),
+        InitiateError::BadSignedPrekeySignature
+    );
+    // The same bundle is accepted when Carol is the user asked for.
+    let session =
+        Session::initiate(&alice_id, carol_keys.identity.user_id(), &carols, &mut e).unwrap();
+    assert_eq!(session.remote_user_id(), carol_keys.identity.user_id());
 }
 
 #[test]
@@ -181,7 +225,7 @@ fn replayed_initial_message_without_one_time_prekey_is_recognisable() {
     let alice_id = IdentityKeyPair::generate(&mut e);
     let b = bob(&mut e);
     let bundle = PrekeyBundle::new(&b.identity, &b.signed_prekey, None);
-    let mut alice = Session::initiate(&alice_id, &bundle, &mut e).unwrap();
+    let mut alice = Session::initiate(&alice_id, b.identity.user_id(), &bundle, &mut e).unwrap();
     let first = alice.encrypt(b"first", &mut e).unwrap();
     let (mut s1, _) = Session::accept(&b.identity, &b.signed_prekey, None, &first).unwrap();
     // On the existing session the replay is a duplicate ...
@@ -278,8 +322,10 @@ fn simultaneous_initiation_yields_two_sessions() {
     let b = bob(&mut e);
     let bundle_a = PrekeyBundle::new(&a.identity, &a.signed_prekey, None);
     let bundle_b = PrekeyBundle::new(&b.identity, &b.signed_prekey, None);
-    let mut a_to_b = Session::initiate(&a.identity, &bundle_b, &mut e).unwrap();
-    let mut b_to_a = Session::initiate(&b.identity, &bundle_a, &mut e).unwrap();
+    let mut a_to_b =
+        Session::initiate(&a.identity, b.identity.user_id(), &bundle_b, &mut e).unwrap();
+    let mut b_to_a =
+        Session::initiate(&b.identity, a.identity.user_id(), &bundle_a, &mut e).unwrap();
     let from_a = a_to_b.encrypt(b"from a", &mut e).unwrap();
     let from_b = b_to_a.encrypt(b"from b", &mut e).unwrap();
     // Each side's initiated session refuses the other's initial message ...

@@ -23,7 +23,7 @@ fn establish(seed: u64, with_one_time: bool) -> Pair {
     let otk = OneTimePrekeyPair::generate(PrekeyId(2), &mut entropy);
     let otk = with_one_time.then_some(&otk);
     let bundle = PrekeyBundle::new(&bob_id, &spk, otk);
-    let mut alice = Session::initiate(&alice_id, &bundle, &mut entropy).unwrap();
+    let mut alice = Session::initiate(&alice_id, bob_id.user_id(), &bundle, &mut entropy).unwrap();
     let first = alice.encrypt(b"hello", &mut entropy).unwrap();
     let (bob, plaintext) = Session::accept(&bob_id, &spk, otk, &first).unwrap();
     assert_eq!(plaintext, b"hello");

@@ -1,7 +1,10 @@
-//! One small error enum per operation (STYLE.md principle 7).
+//! One small error enum per operation, so each caller matches only the failures its operation
+//! can produce.
 //!
 //! Hostile or malformed input never panics: every decoder and every decrypt path returns one of
 //! these. None of them carries secret material, so they are safe to log.
+
+use super::keys::UserId;
 
 /// Why a wire message could not be parsed (before any cryptography runs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -48,6 +51,15 @@ pub enum BundleError {
 /// Why [`super::Session::initiate`] refused a bundle (X3DH §3.3: "abort the protocol").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum InitiateError {
+    /// The bundle's identity is not the user the caller asked for: its identity key hashes to
+    /// another user id.
+    #[error("the bundle belongs to user {found:?}, not to the requested {expected:?}")]
+    WrongUser {
+        /// The user id the caller passed to `Session::initiate`.
+        expected: UserId,
+        /// The user id of the bundle's identity key.
+        found: UserId,
+    },
     /// The identity Ed25519 key is not a valid point.
     #[error("the bundle's identity key is not a valid Ed25519 key")]
     InvalidIdentityKey,
@@ -114,7 +126,8 @@ pub enum DecryptError {
     #[error(transparent)]
     Message(#[from] MessageError),
     /// The message starts another X3DH handshake than this session's: hand it to
-    /// [`super::Session::accept`] (simultaneous initiation, notes/e2e.md trap 6).
+    /// [`super::Session::accept`] (simultaneous initiation: both sides initiated, so each holds
+    /// an initiated session and receives the other's initial message).
     #[error("the message belongs to another handshake")]
     OtherHandshake,
     /// The peer started a new ratchet chain although it cannot have seen our new key yet.

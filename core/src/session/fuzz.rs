@@ -63,7 +63,8 @@ fn build() -> Established {
         Some(&bob_keys.one_time_prekey),
     );
     let mut state_corpus = Vec::new();
-    let mut alice = Session::initiate(&alice_id, &bundle, &mut e).expect("fixed bundle is valid");
+    let mut alice = Session::initiate(&alice_id, bob_keys.identity.user_id(), &bundle, &mut e)
+        .expect("fixed bundle is valid");
     state_corpus.push(alice.to_bytes().to_vec());
     let m: Vec<Vec<u8>> = (0..3u8)
         .map(|i| alice.encrypt(&[b'm', i], &mut e).expect("encrypt"))
@@ -86,7 +87,8 @@ fn build() -> Established {
     state_corpus.push(bob.to_bytes().to_vec());
 
     let without_otk = PrekeyBundle::new(&bob_keys.identity, &bob_keys.signed_prekey, None);
-    let mut other = Session::initiate(&alice_id, &without_otk, &mut e).expect("valid bundle");
+    let mut other = Session::initiate(&alice_id, bob_keys.identity.user_id(), &without_otk, &mut e)
+        .expect("valid bundle");
     let initial_corpus = vec![
         m[0].clone(),
         other

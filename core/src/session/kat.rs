@@ -2,13 +2,31 @@
 //! used by `core/tests/session_vectors.rs`, the fuzz targets and the benchmark to expose
 //! intermediate values (shared secrets, root and chain keys) and to drive the KDFs directly.
 
+use zeroize::Zeroizing;
+
 use super::error::{AcceptError, InitiateError};
 use super::keys::{
-    Entropy, IdentityKeyPair, OneTimePrekeyPair, PrekeyBundle, Secret32, SignedPrekeyPair,
+    Entropy, IdentityKeyPair, OneTimePrekeyPair, PrekeyBundle, Secret32, SignedPrekeyPair, UserId,
 };
-use super::{kdf, Session};
+use super::{kdf, keys, safety, Session};
 
 pub use super::kdf::{ASSOCIATED_DATA_CONTEXT, MESSAGE_KEY_CONTEXT, X3DH_CONTEXT};
+pub use super::safety::{SAFETY_NUMBER_ITERATIONS, SAFETY_NUMBER_VERSION};
+
+/// X3DH §2.2 F, prepended to the DH outputs in the X3DH KDF input.
+pub const X3DH_F: [u8; 32] = kdf::X3DH_F;
+/// First byte of the X3DH associated data.
+pub const ASSOCIATED_DATA_VERSION: u8 = kdf::ASSOCIATED_DATA_VERSION;
+/// KDF_CK input for the message key.
+pub const CHAIN_MESSAGE_KEY_INPUT: [u8; 1] = kdf::CHAIN_MESSAGE_KEY_INPUT;
+/// KDF_CK input for the next chain key.
+pub const CHAIN_NEXT_KEY_INPUT: [u8; 1] = kdf::CHAIN_NEXT_KEY_INPUT;
+/// Prefix of the message the signed prekey signature covers.
+pub const SIGNED_PREKEY_DOMAIN: &[u8] = keys::SIGNED_PREKEY_DOMAIN;
+/// Prefix of the message the identity binding signature covers.
+pub const IDENTITY_BINDING_DOMAIN: &[u8] = keys::IDENTITY_BINDING_DOMAIN;
+/// Derivation context of the safety number hash.
+pub const SAFETY_NUMBER_CONTEXT: &str = safety::SAFETY_NUMBER_CONTEXT;
 
 /// Deterministic entropy: the BLAKE3 XOF of a seed. For tests, fuzzing, benches and simulation
 /// only; production reads the OS source in the runtime.
@@ -33,10 +51,14 @@ impl Entropy for XofEntropy {
     }
 }
 
-/// X3DH §2.2 KDF over the given DH outputs.
+/// X3DH §2.2 KDF over the given DH outputs (F is prepended here).
 pub fn x3dh_shared_secret(dh_outputs: &[[u8; 32]]) -> [u8; 32] {
-    let refs: Vec<&[u8; 32]> = dh_outputs.iter().collect();
-    kdf::x3dh_shared_secret(&refs).0
+    let mut input = Zeroizing::new(Vec::with_capacity(32 * (1 + dh_outputs.len())));
+    input.extend_from_slice(&kdf::X3DH_F);
+    for dh in dh_outputs {
+        input.extend_from_slice(dh);
+    }
+    kdf::x3dh_shared_secret(&input).0
 }
 
 /// KDF_RK → (root key, chain key).
@@ -53,8 +75,12 @@ pub fn kdf_ck(chain_key: &[u8; 32]) -> ([u8; 32], [u8; 32]) {
 
 /// Message key → (AEAD key, nonce).
 pub fn expand_message_key(message_key: &[u8; 32]) -> ([u8; 32], [u8; 12]) {
-    let key = kdf::expand_message_key(&Secret32(*message_key));
-    (*key.key, key.nonce)
+    let expanded = kdf::expand_message_key(&Secret32(*message_key));
+    let mut key = [0u8; 32];
+    key.copy_from_slice(expanded.key());
+    let mut nonce = [0u8; 12];
+    nonce.copy_from_slice(&expanded.nonce());
+    (key, nonce)
 }
 
 /// The X3DH associated data, initiator first.
@@ -75,6 +101,8 @@ pub fn associated_data_digest(ad: &[u8]) -> [u8; 32] {
 pub struct X3dhTrace {
     /// DH1, DH2, DH3 and, with a one-time prekey, DH4.
     pub dh_outputs: Vec<[u8; 32]>,
+    /// The KDF input F ‖ DH1 ‖ DH2 ‖ DH3 [‖ DH4].
+    pub key_material: Vec<u8>,
     /// SK.
     pub shared_secret: [u8; 32],
 }
@@ -82,7 +110,16 @@ pub struct X3dhTrace {
 impl From<super::x3dh::Agreement> for X3dhTrace {
     fn from(a: super::x3dh::Agreement) -> Self {
         Self {
-            dh_outputs: a.dh_outputs.iter().map(|d| d.0).collect(),
+            dh_outputs: a
+                .key_material
+                .dh_outputs()
+                .map(|d| {
+                    let mut out = [0u8; 32];
+                    out.copy_from_slice(d);
+                    out
+                })
+                .collect(),
+            key_material: a.key_material.as_bytes().to_vec(),
             shared_secret: a.shared_secret.0,
         }
     }
@@ -91,12 +128,14 @@ impl From<super::x3dh::Agreement> for X3dhTrace {
 /// [`Session::initiate`] with explicit ephemeral and ratchet secrets, returning the X3DH trace.
 pub fn initiate_with_secrets(
     local: &IdentityKeyPair,
+    peer: UserId,
     bundle: &PrekeyBundle,
     ephemeral_secret: [u8; 32],
     ratchet_secret: [u8; 32],
 ) -> Result<(Session, X3dhTrace), InitiateError> {
     Session::initiate_with_secrets(
         local,
+        peer,
         bundle,
         Secret32(ephemeral_secret),
         Secret32(ratchet_secret),
@@ -143,6 +182,9 @@ pub struct Snapshot {
     pub receiving: Option<([u8; 32], u32)>,
     /// Stored skipped keys.
     pub skipped_keys_total: usize,
+    /// MKSKIPPED: (chain's ratchet key, message number, message key), previous chains oldest
+    /// first, then the current chain, each by message number.
+    pub skipped_keys: Vec<([u8; 32], u32, [u8; 32])>,
     /// The AD digest bound into each AEAD call.
     pub ad_digest: [u8; 32],
 }
@@ -166,6 +208,16 @@ pub fn snapshot(session: &Session) -> Snapshot {
             )
         }),
         skipped_keys_total: r.skipped_keys_total(),
+        skipped_keys: r
+            .previous_receiving
+            .iter()
+            .chain(r.receiving.as_ref())
+            .flat_map(|c| {
+                c.skipped
+                    .iter()
+                    .map(|(number, k)| (c.ratchet_key, *number, k.key.0))
+            })
+            .collect(),
         ad_digest: session.ad_digest,
     }
 }

@@ -1,8 +1,18 @@
-//! The specifications' KDFs and AEAD instantiated on BLAKE3 and ChaCha20-Poly1305
-//! (notes/e2e.md, "Mapping the spec's functions").
+//! The specifications' KDFs and AEAD instantiated on BLAKE3 and ChaCha20-Poly1305 (X3DH spec
+//! §2.2, Double Ratchet spec §5.2; the README's "Constructions" lists each mapping).
 //!
 //! Every input here has a fixed length, so concatenation is unambiguous; every use of BLAKE3 has
 //! its own key or context string, so no two derivations can collide across purposes.
+//!
+//! # Wiping intermediates
+//! The specifications ask that secrets be deleted as soon as they are no longer needed (X3DH spec
+//! §3.3 and §3.4: the DH outputs once SK is computed; Double Ratchet spec §6.1, secure deletion:
+//! keys must not be recoverable afterwards). A BLAKE3 `Hasher` in keyed mode holds its key (a root
+//! or chain key), and in any mode holds the buffered input (a DH output, a message key) and the
+//! chaining value derived from both; an `OutputReader` holds the last compression's inputs. None
+//! of these types wipe themselves on drop, so every hasher, reader and hash that touches a secret
+//! here lives in a [`Zeroizing`] wrapper (blake3's `zeroize` feature provides the `Zeroize`
+//! impls). The AEAD key is borrowed by the cipher, never copied onto the stack.
 
 use chacha20poly1305::aead::{AeadInOut, KeyInit};
 use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce, Tag};
@@ -27,28 +37,30 @@ pub(crate) const X3DH_F: [u8; 32] = [0xFF; 32];
 pub(crate) const ASSOCIATED_DATA_VERSION: u8 = 1;
 
 /// KDF_CK input constant for the message key (Double Ratchet §5.2 recommends distinct constants).
-const CHAIN_MESSAGE_KEY_INPUT: [u8; 1] = [0x01];
+pub(crate) const CHAIN_MESSAGE_KEY_INPUT: [u8; 1] = [0x01];
 /// KDF_CK input constant for the next chain key.
-const CHAIN_NEXT_KEY_INPUT: [u8; 1] = [0x02];
+pub(crate) const CHAIN_NEXT_KEY_INPUT: [u8; 1] = [0x02];
 
-/// X3DH §2.2: `SK = KDF(F ‖ DH1 ‖ DH2 ‖ DH3 [‖ DH4])`.
-pub(crate) fn x3dh_shared_secret(dh_outputs: &[&[u8; 32]]) -> Secret32 {
-    let mut hasher = blake3::Hasher::new_derive_key(X3DH_CONTEXT);
-    hasher.update(&X3DH_F);
-    for dh in dh_outputs {
-        hasher.update(&dh[..]);
-    }
-    Secret32(*hasher.finalize().as_bytes())
+/// X3DH §2.2: `SK = KDF(F ‖ DH1 ‖ DH2 ‖ DH3 [‖ DH4])`. `key_material` is the whole KDF input,
+/// F included (built by `x3dh::KeyMaterial` in one wiped buffer). The hasher, which buffers the
+/// DH outputs, and the output hash are wiped before returning (X3DH §3.3).
+pub(crate) fn x3dh_shared_secret(key_material: &[u8]) -> Secret32 {
+    let mut hasher = Zeroizing::new(blake3::Hasher::new_derive_key(X3DH_CONTEXT));
+    hasher.update(key_material);
+    let hash = Zeroizing::new(hasher.finalize());
+    Secret32(*hash.as_bytes())
 }
 
 /// Double Ratchet §5.2 KDF_RK: keyed BLAKE3 with the root key as key over the DH output, XOF to
 /// 64 bytes → (root key, chain key).
+/// The hasher (keyed by the root key, buffering the DH output) and the XOF reader are wiped
+/// (Double Ratchet §6.1).
 pub(crate) fn kdf_rk(root_key: &Secret32, dh_output: &[u8; 32]) -> (Secret32, Secret32) {
+    let mut hasher = Zeroizing::new(blake3::Hasher::new_keyed(&root_key.0));
+    hasher.update(dh_output);
+    let mut reader = Zeroizing::new(hasher.finalize_xof());
     let mut out = Zeroizing::new([0u8; 64]);
-    blake3::Hasher::new_keyed(&root_key.0)
-        .update(dh_output)
-        .finalize_xof()
-        .fill(&mut out[..]);
+    reader.fill(&mut out[..]);
     let mut root = Secret32([0; 32]);
     let mut chain = Secret32([0; 32]);
     root.0.copy_from_slice(&out[..32]);
@@ -57,33 +69,55 @@ pub(crate) fn kdf_rk(root_key: &Secret32, dh_output: &[u8; 32]) -> (Secret32, Se
 }
 
 /// Double Ratchet §5.2 KDF_CK: (message key, next chain key), keyed BLAKE3 on 0x01 and 0x02.
+///
+/// Equal to `blake3::keyed_hash(ck, [0x01])` and `blake3::keyed_hash(ck, [0x02])`, but with one
+/// hasher we can wipe: the one-shot functions leave their hasher, keyed by the chain key, on the
+/// stack (Double Ratchet §6.1). `reset` returns the hasher to its freshly keyed state, so the
+/// second output is exactly the second one-shot call's.
 pub(crate) fn kdf_ck(chain_key: &Secret32) -> (Secret32, Secret32) {
-    let message_key = blake3::keyed_hash(&chain_key.0, &CHAIN_MESSAGE_KEY_INPUT);
-    let next_chain_key = blake3::keyed_hash(&chain_key.0, &CHAIN_NEXT_KEY_INPUT);
+    let mut hasher = Zeroizing::new(blake3::Hasher::new_keyed(&chain_key.0));
+    hasher.update(&CHAIN_MESSAGE_KEY_INPUT);
+    let message_key = Zeroizing::new(hasher.finalize());
+    hasher.reset();
+    hasher.update(&CHAIN_NEXT_KEY_INPUT);
+    let next_chain_key = Zeroizing::new(hasher.finalize());
     (
         Secret32(*message_key.as_bytes()),
         Secret32(*next_chain_key.as_bytes()),
     )
 }
 
-/// A message key expanded into the AEAD's key and nonce. The nonce is derived (not random)
-/// because every message key is used exactly once.
+/// A message key expanded into the AEAD's key and nonce. The key is wiped on drop; the nonce is
+/// derived (not random) because every message key is used exactly once.
 pub(crate) struct AeadKey {
-    pub(crate) key: Zeroizing<[u8; 32]>,
-    pub(crate) nonce: [u8; 12],
+    key: Zeroizing<[u8; 32]>,
+    nonce: [u8; 12],
 }
 
-/// `derive_key(MESSAGE_KEY_CONTEXT, mk)` read as 44 bytes: key ‖ nonce.
+impl AeadKey {
+    /// The ChaCha20-Poly1305 key, borrowed: the cipher copies it into its own state, which it
+    /// wipes on drop (chacha20poly1305's `zeroize` feature), and no other copy is made.
+    pub(crate) fn key(&self) -> &Key {
+        (&*self.key).into()
+    }
+
+    /// The nonce.
+    pub(crate) fn nonce(&self) -> Nonce {
+        Nonce::from(self.nonce)
+    }
+}
+
+/// `derive_key(MESSAGE_KEY_CONTEXT, mk)` read as 44 bytes: key ‖ nonce, read straight into their
+/// places (the XOF is sequential). The hasher (which buffers the message key) and the XOF reader
+/// are wiped (Double Ratchet §6.1).
 pub(crate) fn expand_message_key(message_key: &Secret32) -> AeadKey {
-    let mut out = Zeroizing::new([0u8; 44]);
-    blake3::Hasher::new_derive_key(MESSAGE_KEY_CONTEXT)
-        .update(&message_key.0)
-        .finalize_xof()
-        .fill(&mut out[..]);
+    let mut hasher = Zeroizing::new(blake3::Hasher::new_derive_key(MESSAGE_KEY_CONTEXT));
+    hasher.update(&message_key.0);
+    let mut reader = Zeroizing::new(hasher.finalize_xof());
     let mut key = Zeroizing::new([0u8; 32]);
-    key.copy_from_slice(&out[..32]);
     let mut nonce = [0u8; 12];
-    nonce.copy_from_slice(&out[32..]);
+    reader.fill(&mut key[..]);
+    reader.fill(&mut nonce);
     AeadKey { key, nonce }
 }
 
@@ -115,13 +149,9 @@ pub(crate) fn associated_data_digest(ad: &[u8]) -> [u8; 32] {
 /// ChaCha20-Poly1305 in place: encrypts `buffer[body_start..]` and appends the 16-byte tag, so
 /// a message is built in one allocation.
 pub(crate) fn seal_in_place(key: &AeadKey, aad: &[u8], buffer: &mut Vec<u8>, body_start: usize) {
-    let cipher = ChaCha20Poly1305::new(&Key::from(*key.key));
+    let cipher = ChaCha20Poly1305::new(key.key());
     let tag = cipher
-        .encrypt_inout_detached(
-            &Nonce::from(key.nonce),
-            aad,
-            (&mut buffer[body_start..]).into(),
-        )
+        .encrypt_inout_detached(&key.nonce(), aad, (&mut buffer[body_start..]).into())
         // Fails only beyond 2^38 bytes; callers bound the plaintext far below that.
         .unwrap_or_else(|_| unreachable!("ChaCha20-Poly1305 refused a bounded plaintext"));
     buffer.extend_from_slice(&tag);
@@ -132,11 +162,11 @@ pub(crate) fn seal_in_place(key: &AeadKey, aad: &[u8], buffer: &mut Vec<u8>, bod
 pub(crate) fn open(key: &AeadKey, aad: &[u8], ciphertext: &[u8]) -> Option<Vec<u8>> {
     let (body, tag) = ciphertext.split_last_chunk::<16>()?;
     let mut plaintext = body.to_vec();
-    let cipher = ChaCha20Poly1305::new(&Key::from(*key.key));
+    let cipher = ChaCha20Poly1305::new(key.key());
     // The crate checks the tag before decrypting, so a forgery leaves `plaintext` as ciphertext.
     cipher
         .decrypt_inout_detached(
-            &Nonce::from(key.nonce),
+            &key.nonce(),
             aad,
             (&mut plaintext[..]).into(),
             &Tag::from(*tag),
@@ -152,20 +182,43 @@ mod tests {
     /// Pins F and the KDF layout: if anyone shortens F or reorders the inputs, this fails.
     #[test]
     fn x3dh_kdf_known_answer() {
-        let dh1 = [1u8; 32];
-        let dh2 = [2u8; 32];
-        let dh3 = [3u8; 32];
-        let sk = x3dh_shared_secret(&[&dh1, &dh2, &dh3]);
         let mut input = vec![0xFFu8; 32];
         input.extend_from_slice(&[1u8; 32]);
         input.extend_from_slice(&[2u8; 32]);
         input.extend_from_slice(&[3u8; 32]);
         assert_eq!(input.len(), 128);
+        assert_eq!(X3DH_F[..], input[..32]);
+        let sk = x3dh_shared_secret(&input);
         assert_eq!(sk.0, blake3::derive_key(X3DH_CONTEXT, &input));
         assert_eq!(
             hex(&sk.0),
             "7f55eddd3f94c913c60bafeae6d95a0fca7ac8ea35b69a7490d895dfd2068bb0"
         );
+    }
+
+    /// The wipeable single-hasher KDF_CK equals the one-shot keyed hashes it replaces, and the
+    /// expansion equals the one-shot derive_key XOF: the wiping changed no value.
+    #[test]
+    fn wiping_kdfs_match_one_shot_blake3() {
+        let ck = Secret32([9; 32]);
+        let (mk, next) = kdf_ck(&ck);
+        assert_eq!(mk.0, *blake3::keyed_hash(&ck.0, &[0x01]).as_bytes());
+        assert_eq!(next.0, *blake3::keyed_hash(&ck.0, &[0x02]).as_bytes());
+        let expanded = expand_message_key(&mk);
+        let mut expected = [0u8; 44];
+        blake3::Hasher::new_derive_key(MESSAGE_KEY_CONTEXT)
+            .update(&mk.0)
+            .finalize_xof()
+            .fill(&mut expected);
+        assert_eq!(expanded.key()[..], expected[..32]);
+        assert_eq!(expanded.nonce()[..], expected[32..]);
+        let (rk, ck2) = kdf_rk(&ck, &[7; 32]);
+        let mut expected = [0u8; 64];
+        blake3::Hasher::new_keyed(&ck.0)
+            .update(&[7; 32])
+            .finalize_xof()
+            .fill(&mut expected);
+        assert_eq!((&rk.0[..], &ck2.0[..]), (&expected[..32], &expected[32..]));
     }
 
     #[test]

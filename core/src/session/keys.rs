@@ -1,7 +1,8 @@
 //! Key material: injected entropy, identities, prekeys and the directory's prekey bundle.
 //!
-//! Every key is built from bytes (STYLE.md principle 4): the runtime reads the OS source, the
-//! simulator forks a seed. Private parts are zeroized on drop.
+//! Every key is built from bytes handed in through [`Entropy`], never from an ambient random
+//! source: the runtime reads the OS source, the simulator forks a seed. Private parts are
+//! zeroized on drop.
 
 use core::fmt;
 
@@ -39,7 +40,8 @@ impl fmt::Debug for Secret32 {
     }
 }
 
-/// A user, named by the BLAKE3 hash of their identity Ed25519 public key (DESIGN.md §5).
+/// A user, named by the BLAKE3 hash of their identity Ed25519 public key (README,
+/// "Constructions").
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct UserId(pub [u8; 32]);
 
@@ -65,7 +67,8 @@ impl fmt::Debug for UserId {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct PrekeyId(pub u32);
 
-/// Domain separation for the signed prekey's signature (X3DH §3.2, notes/e2e.md "signatures").
+/// Domain separation for the signed prekey's signature (X3DH §3.2, §4.5): the identity key signs
+/// nothing else that could be mistaken for a prekey.
 pub(crate) const SIGNED_PREKEY_DOMAIN: &[u8] = b"Paloma X3DH v1 signed prekey\0";
 /// Domain separation for the identity binding signature.
 pub(crate) const IDENTITY_BINDING_DOMAIN: &[u8] = b"Paloma X3DH v1 identity binding\0";
@@ -203,7 +206,7 @@ impl IdentityKeyPair {
 }
 
 /// A signed prekey with its private part (X3DH §2.4): rotated periodically, old private parts
-/// deleted after a grace window (notes/e2e.md trap 4).
+/// deleted after a grace window for delayed messages (X3DH §3.2).
 pub struct SignedPrekeyPair {
     id: PrekeyId,
     secret: StaticSecret,
@@ -321,7 +324,7 @@ pub struct PrekeyBundle {
     /// big-endian) ‖ signed_prekey`.
     pub signed_prekey_signature: [u8; 64],
     /// A one-time prekey, if the directory had one left (X3DH §3.2; without one the session has
-    /// weaker replay protection, notes/e2e.md trap 7).
+    /// weaker replay protection, X3DH §4.2).
     pub one_time_prekey: Option<(PrekeyId, [u8; 32])>,
 }
 

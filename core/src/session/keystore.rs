@@ -6,7 +6,7 @@
 //! ```
 //! The KDF parameters travel in the blob so they can be raised later without breaking old blobs,
 //! and the whole header is the AEAD's associated data, so lowering them in a stored blob is
-//! detected. Never BLAKE3 on a passphrase: a password needs a memory-hard KDF (notes/e2e.md).
+//! detected. Never BLAKE3 on a passphrase: a password needs a memory-hard KDF (RFC 9106).
 
 use argon2::{Algorithm, Argon2, Params, Version};
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};

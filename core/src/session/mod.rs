@@ -1,7 +1,9 @@
-//! End-to-end encrypted sessions: X3DH to start, the Double Ratchet to continue (DESIGN.md §5).
+//! End-to-end encrypted sessions: X3DH to start, the Double Ratchet to continue (README,
+//! "End-to-end sessions").
 //!
 //! The Signal specifications (X3DH rev. 1, Double Ratchet rev. 1) instantiated on X25519,
-//! Ed25519, BLAKE3 and ChaCha20-Poly1305; `notes/e2e.md` maps each spec function onto a crate.
+//! Ed25519, BLAKE3 and ChaCha20-Poly1305; the README's "Constructions" maps each spec function
+//! onto a crate.
 //! The layer does no IO, reads no clock and draws randomness only through [`Entropy`].
 //!
 //! # Using a session
@@ -22,9 +24,10 @@
 //! let spk = SignedPrekeyPair::generate(&bob, PrekeyId(1), &mut entropy);
 //! let bundle = PrekeyBundle::new(&bob, &spk, None);
 //!
-//! // Alice starts a session and sends; she persists the session *before* sending.
+//! // Alice asked the directory for Bob's bundle; she starts a session, checking that the bundle
+//! // is Bob's, and sends. She persists the session *before* sending.
 //! let alice = IdentityKeyPair::generate(&mut entropy);
-//! let mut to_bob = Session::initiate(&alice, &bundle, &mut entropy)?;
+//! let mut to_bob = Session::initiate(&alice, bob.user_id(), &bundle, &mut entropy)?;
 //! let wire = to_bob.encrypt(b"hello", &mut entropy)?;
 //! let _persist_this_first = to_bob.to_bytes();
 //!
@@ -43,15 +46,19 @@
 //! # Rules the caller must keep
 //! - **Persist before sending.** [`Session::encrypt`] advances the sending chain in memory; store
 //!   [`Session::to_bytes`] durably before the returned message leaves the device. Otherwise a
-//!   crash and restore would encrypt a different plaintext under the same message key
-//!   (notes/e2e.md trap 1). Likewise persist after a successful [`Session::decrypt`] before
+//!   crash and restore would encrypt a different plaintext under the same message key, that is
+//!   the same ChaCha20-Poly1305 key and nonce (RFC 8439 §4: a nonce must never repeat under a
+//!   key). Likewise persist after a successful [`Session::decrypt`] before
 //!   acknowledging, so a message key is not kept after its plaintext is stored.
 //! - **Delete one-time prekeys** after [`Session::accept`] succeeds with them (X3DH §4.2), and
 //!   remember [`Session::handshake_id`]s of accepted sessions: an initial message without a
-//!   one-time prekey can be replayed to create a second session (X3DH §4.2, trap 3).
+//!   one-time prekey can be replayed to create a second session (X3DH §4.2).
+//! - **Pass the user you asked for** to [`Session::initiate`]: a bundle is self-signed, so only
+//!   the caller knows whose bundle it should be ([`InitiateError::WrongUser`], X3DH §4.1).
 //! - **Compare safety numbers** out of band to rule out a lying directory (X3DH §4.1).
 //! - A message whose [`DecryptError::OtherHandshake`] says it starts a new handshake goes to
-//!   [`Session::accept`]; keep the previous session for receiving (Sesame, trap 6).
+//!   [`Session::accept`]; keep the previous session for receiving (simultaneous initiation, as
+//!   in Signal's Sesame specification).
 
 mod error;
 pub mod fuzz;
@@ -112,30 +119,42 @@ impl core::fmt::Debug for Session {
 }
 
 impl Session {
-    /// Start a session from a peer's bundle (X3DH §3.3, then Double Ratchet §3.3 for Alice).
+    /// Start a session with user `peer` from the bundle the directory returned for them
+    /// (X3DH §3.3, then Double Ratchet §3.3 for Alice).
     ///
-    /// Verifies the signed prekey signature and aborts on failure. Draws 64 bytes of entropy:
-    /// the ephemeral key, then the first ratchet key. Every message sent until the first reply
-    /// carries the initial header.
+    /// Refuses a bundle whose identity key is not `peer`'s ([`InitiateError::WrongUser`], before
+    /// drawing any entropy) and verifies the signed prekey signature, aborting on failure. Draws
+    /// 64 bytes of entropy: the ephemeral key, then the first ratchet key. Every message sent
+    /// until the first reply carries the initial header.
     pub fn initiate(
         local: &IdentityKeyPair,
+        peer: UserId,
         bundle: &PrekeyBundle,
         entropy: &mut dyn Entropy,
     ) -> Result<Self, InitiateError> {
+        let found = bundle.identity.user_id();
+        if found != peer {
+            // Checked before drawing so a refused bundle consumes no entropy; x3dh checks again.
+            return Err(InitiateError::WrongUser {
+                expected: peer,
+                found,
+            });
+        }
         let ephemeral_secret = draw_secret(entropy);
         let ratchet_secret = draw_secret(entropy);
-        Self::initiate_with_secrets(local, bundle, ephemeral_secret, ratchet_secret)
+        Self::initiate_with_secrets(local, peer, bundle, ephemeral_secret, ratchet_secret)
             .map(|(session, _)| session)
     }
 
     fn initiate_with_secrets(
         local: &IdentityKeyPair,
+        peer: UserId,
         bundle: &PrekeyBundle,
         ephemeral_secret: keys::Secret32,
         ratchet_secret: keys::Secret32,
     ) -> Result<(Self, x3dh::Agreement), InitiateError> {
         let ephemeral = StaticSecret::from(ephemeral_secret.0);
-        let agreement = x3dh::initiator_agree(local, bundle, &ephemeral)?;
+        let agreement = x3dh::initiator_agree(local, peer, bundle, &ephemeral)?;
         let ratchet = RatchetState::initiator(
             &agreement.shared_secret,
             &bundle.signed_prekey,
@@ -214,9 +233,10 @@ impl Session {
     /// Encrypt one message (Double Ratchet §3.4).
     ///
     /// **The caller must persist [`Self::to_bytes`] before the returned bytes leave the device**
-    /// (notes/e2e.md trap 1): the state has already advanced, and a restore from an older copy
-    /// would reuse a message key. Draws 32 bytes of entropy when a DH ratchet step is due (the
-    /// first send after receiving a new ratchet key). On error nothing changes.
+    /// (see the module docs, "Rules the caller must keep"): the state has already advanced, and a
+    /// restore from an older copy would reuse a message key. Draws 32 bytes of entropy when a DH
+    /// ratchet step is due (the first send after receiving a new ratchet key). On error nothing
+    /// changes.
     pub fn encrypt(
         &mut self,
         plaintext: &[u8],
@@ -333,7 +353,7 @@ impl Session {
     }
 
     /// Check every state invariant; panics with the broken one. Cheap enough to run after each
-    /// step in tests and simulation (STYLE.md principle 8).
+    /// step in tests and simulation.
     pub fn assert_invariants(&self) {
         if let Err(broken) = self.state.check_invariants() {
             panic!("session invariant broken: {broken}");
@@ -389,7 +409,7 @@ mod tests {
         let otk = OneTimePrekeyPair::generate(PrekeyId(2), &mut e);
         let otk = with_one_time.then_some(&otk);
         let bundle = PrekeyBundle::new(&bob, &spk, otk);
-        let mut a = Session::initiate(&alice, &bundle, &mut e).unwrap();
+        let mut a = Session::initiate(&alice, bob.user_id(), &bundle, &mut e).unwrap();
         let first = a.encrypt(b"first", &mut e).unwrap();
         let (b, plaintext) = Session::accept(&bob, &spk, otk, &first).unwrap();
         assert_eq!(plaintext, b"first");

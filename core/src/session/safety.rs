@@ -14,7 +14,7 @@ pub const SAFETY_NUMBER_VERSION: u16 = 1;
 /// colliding identity costlier; BLAKE3 is faster per call, so this is a floor, not a match.
 pub const SAFETY_NUMBER_ITERATIONS: u32 = 5_200;
 /// Derivation context of the fingerprint hash.
-const SAFETY_NUMBER_CONTEXT: &str = "Paloma 2026-11-22 safety number v1";
+pub(crate) const SAFETY_NUMBER_CONTEXT: &str = "Paloma 2026-11-22 safety number v1";
 /// Digits per identity.
 const HALF_DIGITS: usize = 30;
 

@@ -1,8 +1,8 @@
 //! The persisted session: a version byte, then the postcard encoding of [`SessionState`].
 //!
-//! postcard is not self-describing, so the leading byte names the layout (STYLE.md principle
-//! 15). A future layout gets version 2 and a decoder for version 1 stays. Decoding untrusted
-//! bytes checks every invariant, so a corrupt or hostile blob is refused, never half-loaded.
+//! postcard is not self-describing, so the leading byte names the layout. A future layout gets
+//! version 2 and a decoder for version 1 stays. Decoding untrusted bytes checks every invariant, so
+//! a corrupt or hostile blob is refused, never half-loaded.
 
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;

@@ -4,50 +4,113 @@
 //! responder ("Bob") recomputes them from the initial header with its prekeys' private parts.
 
 use x25519_dalek::{PublicKey, StaticSecret};
+use zeroize::Zeroizing;
 
 use super::error::{AcceptError, InitiateError};
 use super::kdf;
 use super::keys::{
     IdentityKeyPair, IdentityPublic, OneTimePrekeyPair, PrekeyBundle, Secret32, SignedPrekeyPair,
+    UserId,
 };
 use super::message::InitialHeader;
 
-/// The agreed secret and the DH outputs it came from (the latter only for known-answer vectors).
+/// The longest X3DH KDF input: F ‖ DH1 ‖ DH2 ‖ DH3 ‖ DH4.
+const KEY_MATERIAL_BYTES_MAX: usize = 32 + 4 * 32;
+
+/// The X3DH KDF input `F ‖ DH1 ‖ DH2 ‖ DH3 [‖ DH4]` (X3DH §2.2, §3.3), built in place.
+///
+/// X3DH §3.3 and §3.4 require both parties to delete the DH outputs once SK is computed. Each
+/// output is written straight from x25519-dalek's `SharedSecret` (itself wiped on drop) into this
+/// fixed-size buffer, which never reallocates and is wiped on drop: growing a `Vec` by `push`
+/// would move its contents to a new allocation and free the old one unwiped, leaving copies of
+/// the DH outputs in freed memory.
+pub(crate) struct KeyMaterial {
+    bytes: Zeroizing<[u8; KEY_MATERIAL_BYTES_MAX]>,
+    len: usize,
+}
+
+impl core::fmt::Debug for KeyMaterial {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("KeyMaterial")
+            .field("dh_outputs", &self.dh_outputs().count())
+            .finish_non_exhaustive()
+    }
+}
+
+impl KeyMaterial {
+    /// F alone.
+    fn new() -> Self {
+        let mut bytes = Zeroizing::new([0u8; KEY_MATERIAL_BYTES_MAX]);
+        bytes[..kdf::X3DH_F.len()].copy_from_slice(&kdf::X3DH_F);
+        Self {
+            bytes,
+            len: kdf::X3DH_F.len(),
+        }
+    }
+
+    /// Append DH(secret, public). `None` if the output is all zero (a low-order public key):
+    /// X3DH leaves this check out and RFC 7748 §6.1 recommends it; we make it mandatory so a
+    /// hostile bundle or message cannot force a known contribution to SK.
+    fn push_dh(&mut self, secret: &StaticSecret, public: &[u8; 32]) -> Option<()> {
+        let shared = secret.diffie_hellman(&PublicKey::from(*public));
+        if !shared.was_contributory() {
+            return None;
+        }
+        // At most four outputs are ever pushed (DH1..DH4), which is what the buffer holds.
+        self.bytes[self.len..self.len + 32].copy_from_slice(shared.as_bytes());
+        self.len += 32;
+        Some(())
+    }
+
+    /// The KDF input, F included.
+    pub(crate) fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+
+    /// DH1, DH2, DH3 and, with a one-time prekey, DH4 (for known-answer vectors).
+    pub(crate) fn dh_outputs(&self) -> impl Iterator<Item = &[u8]> {
+        self.bytes[kdf::X3DH_F.len()..self.len].chunks_exact(32)
+    }
+}
+
+/// The agreed secret and the KDF input it came from (the latter only for known-answer vectors;
+/// dropping the agreement wipes it).
 #[derive(Debug)]
 pub(crate) struct Agreement {
     /// SK (X3DH §3.3).
     pub(crate) shared_secret: Secret32,
-    /// DH1, DH2, DH3 and, with a one-time prekey, DH4.
-    pub(crate) dh_outputs: Vec<Secret32>,
+    /// F ‖ DH1 ‖ DH2 ‖ DH3 [‖ DH4].
+    pub(crate) key_material: KeyMaterial,
 }
 
-/// One X25519 computation; `None` if the output is all zero (a low-order public key). X3DH
-/// leaves this check out and RFC 7748 §6.1 recommends it; we make it mandatory so a hostile
-/// bundle cannot force a known contribution to SK.
-fn dh(secret: &StaticSecret, public: &[u8; 32]) -> Option<Secret32> {
-    let shared = secret.diffie_hellman(&PublicKey::from(*public));
-    if !shared.was_contributory() {
-        return None;
-    }
-    Some(Secret32(shared.to_bytes()))
-}
-
-fn finish(dh_outputs: Vec<Secret32>) -> Agreement {
-    let refs: Vec<&[u8; 32]> = dh_outputs.iter().map(|d| &d.0).collect();
-    let shared_secret = kdf::x3dh_shared_secret(&refs);
+fn finish(key_material: KeyMaterial) -> Agreement {
     Agreement {
-        shared_secret,
-        dh_outputs,
+        shared_secret: kdf::x3dh_shared_secret(key_material.as_bytes()),
+        key_material,
     }
 }
 
-/// The initiator's side (X3DH §3.3): verify the bundle, then
-/// DH1 = DH(IK_A, SPK_B), DH2 = DH(EK_A, IK_B), DH3 = DH(EK_A, SPK_B), DH4 = DH(EK_A, OPK_B).
+/// The initiator's side (X3DH §3.3): check the bundle is the expected user's and verify it,
+/// then DH1 = DH(IK_A, SPK_B), DH2 = DH(EK_A, IK_B), DH3 = DH(EK_A, SPK_B),
+/// DH4 = DH(EK_A, OPK_B).
 pub(crate) fn initiator_agree(
     local: &IdentityKeyPair,
+    expected_peer: UserId,
     bundle: &PrekeyBundle,
     ephemeral: &StaticSecret,
 ) -> Result<Agreement, InitiateError> {
+    // A bundle is self-signed: it proves only that its prekeys belong to its identity key, not
+    // that this identity is the user the caller asked the directory for. Without this check a
+    // directory (or a swapped response) could answer a request for one user with another user's
+    // valid bundle, and the session would silently be with the wrong person (X3DH §4.1: the
+    // protocol itself does not tell the parties who they are talking to).
+    let found = bundle.identity.user_id();
+    if found != expected_peer {
+        return Err(InitiateError::WrongUser {
+            expected: expected_peer,
+            found,
+        });
+    }
     bundle.verify()?;
     if bundle.identity.signing_key == local.public().signing_key
         || bundle.identity.dh_key == local.public().dh_key
@@ -55,15 +118,22 @@ pub(crate) fn initiator_agree(
         return Err(InitiateError::SelfSession);
     }
     let contributory = InitiateError::NonContributoryKey;
-    let mut outputs = vec![
-        dh(local.dh(), &bundle.signed_prekey).ok_or(contributory)?,
-        dh(ephemeral, &bundle.identity.dh_key).ok_or(contributory)?,
-        dh(ephemeral, &bundle.signed_prekey).ok_or(contributory)?,
-    ];
+    let mut key_material = KeyMaterial::new();
+    key_material
+        .push_dh(local.dh(), &bundle.signed_prekey)
+        .ok_or(contributory)?;
+    key_material
+        .push_dh(ephemeral, &bundle.identity.dh_key)
+        .ok_or(contributory)?;
+    key_material
+        .push_dh(ephemeral, &bundle.signed_prekey)
+        .ok_or(contributory)?;
     if let Some((_, one_time)) = &bundle.one_time_prekey {
-        outputs.push(dh(ephemeral, one_time).ok_or(contributory)?);
+        key_material
+            .push_dh(ephemeral, one_time)
+            .ok_or(contributory)?;
     }
-    Ok(finish(outputs))
+    Ok(finish(key_material))
 }
 
 /// The responder's side (X3DH §3.4): check the prekeys named in the header are the ones
@@ -91,16 +161,23 @@ pub(crate) fn responder_agree(
     if !initiator.verify_binding(&initial.identity_binding_signature) {
         return Err(AcceptError::BadIdentityBinding);
     }
-    let contributory = AcceptError::NonContributoryKey;
-    let mut outputs = vec![
-        dh(signed_prekey.secret(), &initiator.dh_key).ok_or(contributory.clone())?,
-        dh(local.dh(), &initial.ephemeral_key).ok_or(contributory.clone())?,
-        dh(signed_prekey.secret(), &initial.ephemeral_key).ok_or(contributory.clone())?,
-    ];
+    let contributory = || AcceptError::NonContributoryKey;
+    let mut key_material = KeyMaterial::new();
+    key_material
+        .push_dh(signed_prekey.secret(), &initiator.dh_key)
+        .ok_or_else(contributory)?;
+    key_material
+        .push_dh(local.dh(), &initial.ephemeral_key)
+        .ok_or_else(contributory)?;
+    key_material
+        .push_dh(signed_prekey.secret(), &initial.ephemeral_key)
+        .ok_or_else(contributory)?;
     if let Some(one_time) = one_time_prekey {
-        outputs.push(dh(one_time.secret(), &initial.ephemeral_key).ok_or(contributory)?);
+        key_material
+            .push_dh(one_time.secret(), &initial.ephemeral_key)
+            .ok_or_else(contributory)?;
     }
-    Ok(finish(outputs))
+    Ok(finish(key_material))
 }
 
 #[cfg(test)]
@@ -120,7 +197,7 @@ mod tests {
         let otk_ref = with_one_time.then_some(&otk);
         let bundle = PrekeyBundle::new(&bob, &spk, otk_ref);
         let ephemeral = StaticSecret::from([30; 32]);
-        let a = initiator_agree(&alice, &bundle, &ephemeral).unwrap();
+        let a = initiator_agree(&alice, bob.user_id(), &bundle, &ephemeral).unwrap();
         let header = InitialHeader {
             initiator: *alice.public(),
             identity_binding_signature: alice.binding_signature(),
@@ -137,8 +214,12 @@ mod tests {
         for with in [false, true] {
             let (a, b) = run(with);
             assert_eq!(a.shared_secret, b.shared_secret);
-            assert_eq!(a.dh_outputs, b.dh_outputs);
-            assert_eq!(a.dh_outputs.len(), if with { 4 } else { 3 });
+            assert_eq!(a.key_material.as_bytes(), b.key_material.as_bytes());
+            assert_eq!(
+                a.key_material.dh_outputs().count(),
+                if with { 4 } else { 3 }
+            );
+            assert_eq!(a.key_material.as_bytes()[..32], kdf::X3DH_F);
         }
         assert_ne!(run(false).0.shared_secret, run(true).0.shared_secret);
     }
@@ -154,8 +235,26 @@ mod tests {
         bundle.one_time_prekey = Some((PrekeyId(9), [0; 32]));
         let ephemeral = StaticSecret::from([30; 32]);
         assert_eq!(
-            initiator_agree(&alice, &bundle, &ephemeral).unwrap_err(),
+            initiator_agree(&alice, bob.user_id(), &bundle, &ephemeral).unwrap_err(),
             InitiateError::NonContributoryKey
+        );
+    }
+
+    #[test]
+    fn bundle_of_another_user_is_rejected() {
+        let alice = identity(1);
+        let bob = identity(10);
+        let carol = identity(20);
+        let spk = SignedPrekeyPair::from_secret_bytes(&carol, PrekeyId(1), &[20; 32]);
+        // A valid bundle, but Carol's, served for a request for Bob.
+        let bundle = PrekeyBundle::new(&carol, &spk, None);
+        let ephemeral = StaticSecret::from([30; 32]);
+        assert_eq!(
+            initiator_agree(&alice, bob.user_id(), &bundle, &ephemeral).unwrap_err(),
+            InitiateError::WrongUser {
+                expected: bob.user_id(),
+                found: carol.user_id(),
+            }
         );
     }
 
