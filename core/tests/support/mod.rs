@@ -180,6 +180,17 @@ pub fn noop(index: u64, term: u64) -> Entry {
     }
 }
 
+/// A hand-made message from `from` to `to` in `term`, for stepping one node with a message no node
+/// sent (deliver it with [`Cluster::deliver_envelope`]).
+pub fn msg(from: u64, to: u64, term: u64, body: Body) -> Envelope {
+    Envelope {
+        from: NodeId(from),
+        to: NodeId(to),
+        term: Term(term),
+        body,
+    }
+}
+
 /// The recovered state of a member of a cluster of `voters` whose log holds entries with `terms`
 /// (index 1, 2, ...) and whose hard state is at `term`.
 pub fn recovered_with_log(voters: &[u64], terms: &[u64], term: u64) -> Recovered {
