@@ -507,7 +507,8 @@ fn single_node_crash_after_propose_loses_no_committed_entry() {
     );
     c.auto_persist = true;
     c.elect(n(1));
-    let idx = c.propose(n(1), 1, 2, b"kept").unwrap();
+    // The client retries its lost first command (a session opens with seq 1).
+    let idx = c.propose(n(1), 1, 1, b"kept").unwrap();
     let applied = c.applied(n(1));
     assert_eq!(
         applied.last().map(|a| a.0),

@@ -81,6 +81,10 @@ pub enum ClientError {
     /// The read could not be served; retry.
     #[error("read failed")]
     ReadFailed,
+    /// The node reported that the command will never apply here (`Event::ProposalDropped`):
+    /// truncated, covered by a snapshot, removed, or refused by de-duplication.
+    #[error("dropped: {0:?}")]
+    Dropped(paloma_core::io::DropReason),
 }
 
 /// A read's query, run on the state machine when the read is linearizable.
@@ -400,6 +404,41 @@ impl<S: StateMachine + 'static> Driver<S> {
                 self.env
                     .trace
                     .line(t, format_args!("{id} snapshot at {}", index.0));
+            }
+            Event::ProposalDropped {
+                index,
+                proposal,
+                reason,
+            } => {
+                self.env.trace.line(
+                    t,
+                    format_args!("{id} dropped {proposal:?} at {}: {reason:?}", index.0),
+                );
+                if let paloma_core::io::Proposal::Command { client, seq } = proposal {
+                    for w in self.proposals.remove(&(client, seq)).unwrap_or_default() {
+                        let _ = w.send(Err(ClientError::Dropped(reason)));
+                    }
+                }
+            }
+            Event::MembershipApplied { index } => {
+                self.env.trace.line(
+                    t,
+                    format_args!("{id} membership change at {} applied", index.0),
+                );
+            }
+            Event::TransferEnded { to, outcome } => {
+                self.env
+                    .trace
+                    .line(t, format_args!("{id} transfer to {to} ended: {outcome:?}"));
+            }
+            Event::Removed { by, config } => {
+                self.env.trace.line(
+                    t,
+                    format_args!(
+                        "{id} removed from the cluster (told by {by}, config {})",
+                        config.0
+                    ),
+                );
             }
         }
     }

@@ -1,6 +1,7 @@
-//! Raft safety checkers, run after every simulated step (Raft Figure 3's properties; the
-//! list follows openraft's turmoil invariants and `../shared/notes/raft-checklist.md`).
+//! Raft safety checkers, run after every simulated step (Raft Figure 3's properties; the list
+//! follows openraft's `tests-turmoil` invariants and etcd's robustness tests).
 //!
+//! Checked from the nodes' state:
 //! - Election safety: at most one leader per term.
 //! - Log matching / committed entries immutable: every index a node reports committed holds the
 //!   same term on every node and forever.
@@ -10,11 +11,25 @@
 //!   fires on a legal run: a candidate of T whose votes were delayed may still win T after a
 //!   leader of T+1 committed entries it lacks (seen at seed 4077 of the 10,000-seed sweep).
 //! - State machine safety: nodes that applied the same index have the same state.
-//! - Per node: term, commit and applied never decrease within an incarnation; the durable term and vote never regress
-//!   across restarts (vote durability: no double vote in a term).
+//! - Per node: term, commit and applied never decrease within an incarnation; the durable term and
+//!   vote never regress across restarts (vote durability: no double vote in a term).
+//!
+//! Checked at the boundary, from what the simulator's disks hold and what leaves a node on the
+//! network, never from the node's own word ([`SafetyChecker::observe_send`],
+//! [`SafetyChecker::observe_commit_durable`]):
+//! - a message carrying term T leaves only once T is durable (pre-votes excepted: they carry a
+//!   term nobody adopted);
+//! - a granted vote leaves only once that vote is durable (Raft Figure 2, "respond after
+//!   persisting"); an append acknowledgement for index i only once the log up to i is durable; a
+//!   snapshot acknowledgement only once the snapshot is durable;
+//! - a node never grants votes to two candidates in one term, across restarts (seen on the wire);
+//! - every index a leader reports committed is durable, with the leader's term at that index, on
+//!   a quorum of the configuration it was committed under (the leader's at that moment).
 
 use paloma_core::io::Role;
+use paloma_core::raft::message::{AppendResponse, Body, Envelope};
 use paloma_core::raft::{RaftNode, StateMachine};
+use paloma_core::storage::Recovered;
 use paloma_core::{LogIndex, NodeId, Term};
 use std::collections::BTreeMap;
 
@@ -48,6 +63,12 @@ pub struct SafetyChecker {
     nodes: BTreeMap<NodeId, NodeTrack>,
     /// Highest durable (term, vote) per node, across incarnations.
     durable_votes: BTreeMap<NodeId, (Term, Option<NodeId>)>,
+    /// Granted votes seen on the wire: (voter, term) -> candidate.
+    grants: BTreeMap<(NodeId, Term), NodeId>,
+    /// Per leader node: the commit index whose quorum durability was last checked, and its term.
+    leader_commit_checked: BTreeMap<NodeId, (Term, LogIndex)>,
+    /// Boundary checks performed.
+    pub boundary_checks: u64,
     /// Checks performed (so a test can assert the checker ran).
     pub observations: u64,
 }
@@ -97,6 +118,106 @@ impl SafetyChecker {
             }
         }
         self.durable_votes.insert(id, (term, vote));
+        Ok(())
+    }
+
+    /// Checks a message leaving `env.from`, whose disk durably holds `durable` right now: every
+    /// promise the message makes must already be kept on disk.
+    pub fn observe_send(&mut self, env: &Envelope, durable: &Recovered) -> Result<(), Violation> {
+        self.boundary_checks += 1;
+        let from = env.from;
+        let hs = durable.hard_state;
+        let durable_term = hs.term.max(durable_last(durable).term);
+        let pre = matches!(env.body, Body::PreVote(_) | Body::PreVoteResp(_));
+        if !pre && env.term > durable_term {
+            return Err(Violation(format!(
+                "{from} sent {} in {} before that term was durable (durable term {durable_term})",
+                env.body, env.term
+            )));
+        }
+        match &env.body {
+            Body::VoteResp(r) if r.granted => {
+                if hs.term < env.term || (hs.term == env.term && hs.vote != Some(env.to)) {
+                    return Err(Violation(format!(
+                        "{from} granted its vote in {} to {} before the vote was durable (durable {} vote {:?})",
+                        env.term, env.to, hs.term, hs.vote
+                    )));
+                }
+                match self.grants.insert((from, env.term), env.to) {
+                    Some(other) if other != env.to => {
+                        return Err(Violation(format!(
+                            "{from} granted votes in {} to both {other} and {} (double vote)",
+                            env.term, env.to
+                        )));
+                    }
+                    _ => {}
+                }
+            }
+            Body::AppendResp(AppendResponse::Accepted { match_index }) => {
+                let last = durable_last(durable).index;
+                if *match_index > last {
+                    return Err(Violation(format!(
+                        "{from} acknowledged entries up to {match_index} in {} with only {last} durable",
+                        env.term
+                    )));
+                }
+            }
+            Body::SnapshotResp(ack) if ack.done => {
+                let snap = durable
+                    .snapshot
+                    .as_ref()
+                    .map_or(LogIndex(0), |s| s.meta.last.index);
+                if snap < ack.last.index && durable_last(durable).index < ack.last.index {
+                    return Err(Violation(format!(
+                        "{from} acknowledged snapshot {:?} with only {snap} durable",
+                        ack.last
+                    )));
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Checks that the leader's commit index is durable on a quorum of its configuration:
+    /// `durable(id)` is what node `id`'s disk holds (None for a node the simulator does not know).
+    pub fn observe_commit_durable<'a, S: StateMachine>(
+        &mut self,
+        node: &RaftNode<S>,
+        durable: impl Fn(NodeId) -> Option<&'a Recovered>,
+    ) -> Result<(), Violation> {
+        let st = node.status();
+        if st.role != Role::Leader {
+            return Ok(());
+        }
+        let checked = self.leader_commit_checked.entry(st.id).or_default();
+        if checked.0 == st.term && checked.1 >= st.commit {
+            return Ok(());
+        }
+        let first_look = checked.0 != st.term;
+        *checked = (st.term, st.commit);
+        // A leader's commit index at election was learned, not decided: only advances count.
+        if first_look {
+            return Ok(());
+        }
+        self.boundary_checks += 1;
+        let index = st.commit;
+        let Some(term) = node.log().term(index) else {
+            return Ok(());
+        };
+        let holders: Vec<NodeId> = st
+            .membership
+            .voters
+            .iter()
+            .copied()
+            .filter(|id| durable(*id).is_some_and(|d| durably_holds(d, index, term)))
+            .collect();
+        if holders.len() < st.membership.quorum() {
+            return Err(Violation(format!(
+                "{}: leader of {} committed {index}@{term} but only {holders:?} of voters {:?} hold it durably",
+                st.id, st.term, st.membership.voters
+            )));
+        }
         Ok(())
     }
 
@@ -230,4 +351,27 @@ impl SafetyChecker {
         }
         Ok(())
     }
+}
+
+/// The last durable log position (the snapshot's if the log after it is empty).
+fn durable_last(d: &Recovered) -> paloma_core::LogId {
+    d.entries.last().map_or(d.base, |e| e.id)
+}
+
+/// Whether `d` holds `index` with `term` durably (in its log, or covered by its snapshot, which
+/// holds only committed entries).
+fn durably_holds(d: &Recovered, index: LogIndex, term: Term) -> bool {
+    if d.snapshot
+        .as_ref()
+        .is_some_and(|s| s.meta.last.index >= index)
+    {
+        return true;
+    }
+    if index == d.base.index {
+        return d.base.term == term;
+    }
+    d.entries
+        .iter()
+        .find(|e| e.id.index == index)
+        .is_some_and(|e| e.id.term == term)
 }

@@ -457,6 +457,7 @@ fn determinism_same_seed_same_trace() {
     let run = |seed| {
         let cfg = SimConfig {
             trace: true,
+            trace_messages: true,
             chaos: Duration::from_secs(6),
             liveness: Duration::from_secs(4),
             ..SimConfig::chaos(seed)

@@ -1,7 +1,7 @@
 //! Elections: pre-vote (thesis §9.6), votes (Raft §5.2, §5.4.1), check-quorum and leader
 //! stickiness (thesis §6.2 / §9.6), and the dispatch of every incoming message by term.
 
-use crate::ids::{NodeId, Term};
+use crate::ids::{LogIndex, NodeId, Term};
 use crate::io::Role;
 use crate::raft::message::{Body, Envelope, VoteRequest, VoteResponse};
 use crate::raft::node::{LeaderState, RaftNode};
@@ -31,7 +31,7 @@ fn plausible(env: &Envelope) -> bool {
             Body::HeartbeatResp(h) => idx(h.last_index),
             Body::Snapshot(c) => ok(c.meta.last),
             Body::SnapshotResp(a) => ok(a.last),
-            Body::ReadIndexResp(_, Some(i)) => idx(*i),
+            Body::ReadIndexResp(_, Some(i)) | Body::Removed { config: i } => idx(*i),
             Body::PreVoteResp(_)
             | Body::VoteResp(_)
             | Body::TimeoutNow
@@ -46,6 +46,21 @@ impl<S: StateMachine> RaftNode<S> {
         if env.to != self.id || env.from == self.id || !plausible(&env) {
             self.stats.messages_invalid += 1;
             return;
+        }
+        // Removal notices are about the log, not the term (see `on_removed`); a (pre-)vote from a
+        // node our committed configuration removed is answered with one, whatever the terms.
+        match &env.body {
+            Body::Removed { config } => {
+                self.on_removed(env.from, *config);
+                return;
+            }
+            Body::PreVote(req) | Body::Vote(req) => {
+                if let Some(config) = self.removal_known(env.from, req.last_log) {
+                    self.send(env.from, Body::Removed { config });
+                    return;
+                }
+            }
+            _ => {}
         }
         if env.term > self.term {
             match &env.body {
@@ -114,6 +129,7 @@ impl<S: StateMachine> RaftNode<S> {
             Body::TimeoutNow => self.on_timeout_now(from),
             Body::ReadIndex(id) => self.on_read_index(from, id),
             Body::ReadIndexResp(id, index) => self.on_read_index_resp(from, id, index),
+            Body::Removed { .. } => {}
         }
     }
 
@@ -156,6 +172,14 @@ impl<S: StateMachine> RaftNode<S> {
         if self.role == Role::Leader {
             return true;
         }
+        // A node that just started cannot know whether it heard from a leader before it went
+        // down, so it acts as if it had, for one election timeout from its start: otherwise a
+        // leader whose lease counted this voter's last acknowledgement could be outlived by a new
+        // leader this voter elects right after restarting, with no clock drift at all (thesis
+        // §6.4.1 assumes a voter that acknowledged a leader refuses votes for a full timeout).
+        if self.now < self.started_at + self.cfg.election_timeout {
+            return true;
+        }
         self.leader.is_some()
             && self
                 .last_leader_contact
@@ -163,7 +187,7 @@ impl<S: StateMachine> RaftNode<S> {
     }
 
     pub(crate) fn on_election_timeout(&mut self) {
-        if !self.log.membership().is_voter(self.id) {
+        if self.removed || !self.log.membership().is_voter(self.id) {
             self.election_deadline = None;
             return;
         }
@@ -185,6 +209,12 @@ impl<S: StateMachine> RaftNode<S> {
         }
         if self.role == Role::Leader {
             self.fail_leader_reads();
+            if let Some((to, _)) = self.lead.as_ref().and_then(|l| l.transfer) {
+                self.emit(crate::io::Event::TransferEnded {
+                    to,
+                    outcome: crate::io::TransferOutcome::SteppedDown,
+                });
+            }
         }
         self.role = Role::Follower;
         self.lead = None;
@@ -194,7 +224,15 @@ impl<S: StateMachine> RaftNode<S> {
             self.last_leader_contact = Some(self.now);
         }
         self.fail_remote_reads();
-        self.reset_election_deadline();
+        // Raft Figure 2: a follower's election timer restarts only when it hears from the leader
+        // or grants a vote, not when it merely adopts a newer term. Restarting it here too (etcd
+        // does) lets a candidate with a stale log, which nobody will elect, hold back the timers
+        // of every up-to-date node with each failed campaign: without pre-vote, the sweeps saw
+        // two stale candidates keep a 5-node cluster leaderless for 10 s.
+        if leader.is_some() || self.election_deadline.is_none() {
+            self.reset_election_deadline();
+        }
+        self.drop_proposals_if_outside();
         if changed {
             self.emit_role();
         }
@@ -294,6 +332,34 @@ impl<S: StateMachine> RaftNode<S> {
             .copied()
             .filter(|id| *id != self.id)
             .collect()
+    }
+
+    /// The index of our committed configuration if it leaves `from` out and comes after the
+    /// candidate's whole log (`last_log`). Then `from` was removed: it joined at an entry or
+    /// snapshot it holds, so at or before `last_log`, and every configuration committed after that
+    /// descends from the one that added it; ids are never reused. A configuration older than the
+    /// candidate's log proves nothing (we may simply lag behind its addition).
+    fn removal_known(&self, from: NodeId, last_log: crate::ids::LogId) -> Option<LogIndex> {
+        let config = self.log.membership_index();
+        (config <= self.commit && config > last_log.index && !self.log.membership().contains(from))
+            .then_some(config)
+    }
+
+    /// Someone's committed configuration at `config` leaves us out. Trust it when `config` lies
+    /// past our whole log, whatever the terms: by the argument of `removal_known` we were removed
+    /// (thesis §4.2.2 notes a removed server is otherwise never told). Never campaign again.
+    fn on_removed(&mut self, from: NodeId, config: LogIndex) {
+        if self.removed || config <= self.log.last_index() {
+            self.stats.messages_stale += 1;
+            return;
+        }
+        tracing::info!(node = %self.id, by = %from, %config, "removed from the cluster");
+        self.removed = true;
+        self.election_deadline = None;
+        // What we proposed will never reach us now: its outcome is unknown here.
+        let pending = std::mem::take(&mut self.local_proposals);
+        self.drop_proposals(pending, crate::io::DropReason::Removed);
+        self.emit(crate::io::Event::Removed { by: from, config });
     }
 
     fn on_pre_vote(&mut self, from: NodeId, term: Term, req: VoteRequest) {

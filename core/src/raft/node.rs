@@ -4,12 +4,12 @@
 //! reads in `read.rs`; this file holds the state, the driving contract and persistence ordering.
 
 use crate::ids::{ClientId, LogId, LogIndex, NodeId, PersistSeq, ReadId, Term};
-use crate::io::{Event, Input, Output, Role, TimerKind};
+use crate::io::{DropReason, Event, Input, Output, Proposal, Role, TimerKind, TransferOutcome};
 use crate::raft::config::{Config, ConfigError};
 use crate::raft::log::RaftLog;
 use crate::raft::message::{Body, Envelope};
 use crate::raft::progress::Progress;
-use crate::raft::state_machine::{DedupTable, SnapshotDecodeError, StateMachine};
+use crate::raft::state_machine::{Applied, DedupTable, SnapshotDecodeError, StateMachine};
 use crate::raft::types::{Entry, HardState, Membership, MembershipChange, Payload, Snapshot};
 use crate::rng::DetRng;
 use crate::storage::{PersistBatch, PersistOp, Recovered};
@@ -237,10 +237,16 @@ pub struct RaftNode<S: StateMachine> {
     pub(crate) ready_reads: VecDeque<(ReadId, LogIndex, Instant)>,
     /// Reads forwarded to the leader: id -> (leader, sent at).
     pub(crate) remote_reads: BTreeMap<ReadId, (NodeId, Instant)>,
-    /// Commands proposed here, by index, awaiting apply: (client, seq, term). Bounded by
-    /// `pending_proposals_max`; entries leave on apply, truncation or snapshot install.
-    pub(crate) local_proposals: BTreeMap<LogIndex, (ClientId, u64, Term)>,
+    /// Proposals made here, by index, awaiting apply: (what, term). Bounded by
+    /// `pending_proposals_max`; each leaves with exactly one event: `Applied` or
+    /// `MembershipApplied` on apply, `ProposalDropped` on truncation, snapshot install or a
+    /// de-duplication refusal.
+    pub(crate) local_proposals: BTreeMap<LogIndex, (Proposal, Term)>,
     pub(crate) last_unix_ms: u64,
+    /// When this incarnation started (a restarted voter ignores votes for an election timeout).
+    pub(crate) started_at: Instant,
+    /// A leader told us we are not in its committed configuration: never campaign again.
+    pub(crate) removed: bool,
     staged: Vec<PersistOp>,
     hard_state_dirty: bool,
     persist_issued: PersistSeq,
@@ -309,6 +315,8 @@ impl<S: StateMachine> RaftNode<S> {
             durable_match: log.last_index(),
             term_seq: PersistSeq(0),
             last_unix_ms: log.entries().last().map_or(0, |e| e.unix_ms),
+            started_at: now,
+            removed: false,
             log,
             commit,
             applied,
@@ -435,7 +443,8 @@ impl<S: StateMachine> RaftNode<S> {
             return Err(ProposeError::Backpressure);
         }
         let index = self.append_as_leader(unix_ms, Payload::Command { client, seq, data });
-        self.local_proposals.insert(index, (client, seq, self.term));
+        self.local_proposals
+            .insert(index, (Proposal::Command { client, seq }, self.term));
         Ok(index)
     }
 
@@ -493,7 +502,13 @@ impl<S: StateMachine> RaftNode<S> {
                 }
             }
         }
-        Ok(self.append_as_leader(unix_ms, Payload::Membership(next)))
+        if self.local_proposals.len() >= self.cfg.pending_proposals_max {
+            return Err(MembershipError::NotReady);
+        }
+        let index = self.append_as_leader(unix_ms, Payload::Membership(next));
+        self.local_proposals
+            .insert(index, (Proposal::Membership, self.term));
+        Ok(index)
     }
 
     /// Starts a leadership transfer to `to` (thesis §3.10): proposals are refused until it
@@ -743,8 +758,9 @@ impl<S: StateMachine> RaftNode<S> {
         let had_config = self.log.membership_index() >= from;
         self.log.truncate_from(from);
         self.stage(PersistOp::Truncate { from });
-        // Proposals at truncated indexes will never apply here; their clients retry on timeout.
-        self.local_proposals.split_off(&from);
+        // Proposals at truncated indexes will never apply here: say so, so no driver guesses.
+        let dropped = self.local_proposals.split_off(&from);
+        self.drop_proposals(dropped, DropReason::Truncated);
         self.durable_match = self.durable_match.min(from.prev());
         if had_config {
             self.on_membership_changed();
@@ -843,10 +859,14 @@ impl<S: StateMachine> RaftNode<S> {
         if self.lead.is_some() {
             let lead = self.lead.as_ref().expect("checked");
             let (hb, cq, transfer) = (lead.heartbeat_at, lead.check_quorum_at, lead.transfer);
-            if let Some((_, deadline)) = transfer {
+            if let Some((to, deadline)) = transfer {
                 if now >= deadline {
                     tracing::debug!(node = %self.id, "leadership transfer timed out");
                     self.lead.as_mut().expect("checked").transfer = None;
+                    self.emit(Event::TransferEnded {
+                        to,
+                        outcome: TransferOutcome::TimedOut,
+                    });
                 }
             }
             if self.cfg.check_quorum && now >= cq {
@@ -866,7 +886,7 @@ impl<S: StateMachine> RaftNode<S> {
     /// Draws a fresh election deadline in `[t, 2t)` (Raft §5.2); none for non-voters, which never
     /// campaign (a removed or learner node must not disrupt: checklist 4).
     pub(crate) fn reset_election_deadline(&mut self) {
-        if self.lead.is_some() || !self.log.membership().is_voter(self.id) {
+        if self.lead.is_some() || self.removed || !self.log.membership().is_voter(self.id) {
             self.election_deadline = None;
             return;
         }
@@ -895,14 +915,31 @@ impl<S: StateMachine> RaftNode<S> {
             if let Some((to, _)) = lead.transfer {
                 if !membership.is_voter(to) {
                     lead.transfer = None;
+                    self.ready.push_back(Output::Event(Event::TransferEnded {
+                        to,
+                        outcome: TransferOutcome::TargetRemoved,
+                    }));
                 }
             }
-        } else if membership.is_voter(self.id) {
+        } else if membership.is_voter(self.id) && !self.removed {
             if self.election_deadline.is_none() {
                 self.reset_election_deadline();
             }
         } else {
             self.election_deadline = None;
+        }
+        self.drop_proposals_if_outside();
+    }
+
+    /// A node that is not leading and not in its own configuration receives no more entries
+    /// (leaders replicate only to members): what it proposed as leader will never reach it.
+    pub(crate) fn drop_proposals_if_outside(&mut self) {
+        if self.lead.is_none()
+            && !self.local_proposals.is_empty()
+            && !self.log.membership().contains(self.id)
+        {
+            let pending = std::mem::take(&mut self.local_proposals);
+            self.drop_proposals(pending, DropReason::Removed);
         }
     }
 
@@ -918,6 +955,20 @@ impl<S: StateMachine> RaftNode<S> {
                 panic!("{}: committed entry {:?} not in the log", self.id, index)
             });
             let mut applied_event = None;
+            // Ours only if the entry is the one proposed here (same term at the same index);
+            // another entry there means ours was replaced (a snapshot that wiped the log).
+            let proposed_here = match self.local_proposals.remove(&index) {
+                Some((p, t)) if t == entry.term() => Some(p),
+                Some((proposal, _)) => {
+                    self.ready.push_back(Output::Event(Event::ProposalDropped {
+                        index,
+                        proposal,
+                        reason: DropReason::Truncated,
+                    }));
+                    None
+                }
+                None => None,
+            };
             match &entry.payload {
                 Payload::Command { client, seq, data } => {
                     let ctx = crate::raft::state_machine::ApplyContext {
@@ -927,23 +978,42 @@ impl<S: StateMachine> RaftNode<S> {
                         client: *client,
                     };
                     let applied = self.dedup.apply(&mut self.sm, &ctx, *seq, data);
-                    let proposed_here = self.local_proposals.remove(&index);
                     if proposed_here
-                        .is_some_and(|(c, q, t)| c == *client && q == *seq && t == entry.term())
+                        == Some(Proposal::Command {
+                            client: *client,
+                            seq: *seq,
+                        })
                     {
-                        if let crate::raft::state_machine::Applied::Fresh(response)
-                        | crate::raft::state_machine::Applied::Duplicate(response) = applied
-                        {
-                            applied_event = Some(Event::Applied {
-                                client: *client,
-                                seq: *seq,
+                        let proposal = Proposal::Command {
+                            client: *client,
+                            seq: *seq,
+                        };
+                        applied_event = Some(match applied {
+                            Applied::Fresh(response) | Applied::Duplicate(response) => {
+                                Event::Applied {
+                                    client: *client,
+                                    seq: *seq,
+                                    index,
+                                    response,
+                                }
+                            }
+                            Applied::Stale => Event::ProposalDropped {
                                 index,
-                                response,
-                            });
-                        }
+                                proposal,
+                                reason: DropReason::Stale,
+                            },
+                            Applied::SessionExpired => Event::ProposalDropped {
+                                index,
+                                proposal,
+                                reason: DropReason::SessionExpired,
+                            },
+                        });
                     }
                 }
                 Payload::Membership(m) => {
+                    if proposed_here == Some(Proposal::Membership) {
+                        applied_event = Some(Event::MembershipApplied { index });
+                    }
                     // A leader removed by a committed config steps down (etcd StepDownOnRemoval).
                     if self.role == Role::Leader
                         && !m.is_voter(self.id)
@@ -964,6 +1034,21 @@ impl<S: StateMachine> RaftNode<S> {
         if step_down {
             tracing::debug!(node = %self.id, "removed from the cluster: stepping down");
             self.become_follower(self.term, None);
+        }
+    }
+
+    /// Ends proposals that will never apply here with `ProposalDropped`.
+    pub(crate) fn drop_proposals(
+        &mut self,
+        dropped: BTreeMap<LogIndex, (Proposal, Term)>,
+        reason: DropReason,
+    ) {
+        for (index, (proposal, _)) in dropped {
+            self.emit(Event::ProposalDropped {
+                index,
+                proposal,
+                reason,
+            });
         }
     }
 

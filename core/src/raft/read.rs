@@ -57,7 +57,7 @@ impl<S: StateMachine> RaftNode<S> {
             return;
         }
         // A transfer target campaigns with voters ignoring stickiness, so the lease guarantee is
-        // void from the moment TimeoutNow may have been sent (review finding 7).
+        // void from the moment TimeoutNow may have been sent (thesis §3.10 with §6.4.1).
         if lease_mode && !lead.lease_revoked && lead.lease_until.is_some_and(|until| now < until) {
             self.read_confirmed(origin, id, commit);
             return;
@@ -121,7 +121,15 @@ impl<S: StateMachine> RaftNode<S> {
         acked.sort_unstable_by(|a, b| b.cmp(a));
         let quorum_round = acked[membership.quorum() - 1];
         if let Some((_, sent)) = lead.round_sent.iter().find(|(r, _)| *r == quorum_round) {
-            let until = *sent + self.cfg.election_timeout;
+            // The voters that acknowledged this round refuse votes for an election timeout on
+            // their own clocks from when they heard it (after `sent`). With drift of at most δ
+            // either way, that is at least ET/(1+δ) of real time, and a leader duration D on our
+            // clock is at most D/(1-δ) of real time: D = ET·(1-δ)/(1+δ) keeps the lease inside.
+            let drift = u128::from(self.cfg.clock_drift_max_ppm);
+            let et = self.cfg.election_timeout.as_nanos();
+            let lease = et * (1_000_000 - drift) / (1_000_000 + drift);
+            let until =
+                *sent + std::time::Duration::from_nanos(u64::try_from(lease).unwrap_or(u64::MAX));
             if !lead.lease_revoked && lead.lease_until.is_none_or(|u| u < until) {
                 lead.lease_until = Some(until);
             }

@@ -253,13 +253,19 @@ impl<S: StateMachine> RaftNode<S> {
         self.stage(PersistOp::Snapshot(snapshot));
         self.durable_match = self.durable_match.min(self.log.last_index());
         if self.log.base() == last {
-            // The log was replaced: nothing after the snapshot is durable yet.
+            // The log was replaced: nothing after the snapshot is durable yet, and what was
+            // proposed after it is gone with the old entries.
             self.durable_match = self.durable_match.min(last.index);
+            let wiped = self.local_proposals.split_off(&last.index.next());
+            self.drop_proposals(wiped, crate::io::DropReason::Truncated);
         }
         self.commit = self.commit.max(last.index);
         self.applied = last.index;
-        // Proposals covered by the snapshot were never applied here; their clients retry.
-        self.local_proposals = self.local_proposals.split_off(&last.index.next());
+        // Proposals covered by the snapshot were never applied here: their outcome is unknown
+        // to this node, so say so (the client retries; de-duplication answers).
+        let kept = self.local_proposals.split_off(&last.index.next());
+        let covered = std::mem::replace(&mut self.local_proposals, kept);
+        self.drop_proposals(covered, crate::io::DropReason::SnapshotInstalled);
         self.mark_hard_state();
         self.stats.snapshots_installed += 1;
         if membership_changed {

@@ -45,6 +45,10 @@ pub enum Applied {
     Duplicate(Vec<u8>),
     /// A retry of an older command whose response is gone: it did not run.
     Stale,
+    /// The client has no session: it was evicted, or the client never opened one (a session
+    /// opens with sequence number 1). The command did not run: applying it could apply a retry
+    /// twice (thesis §6.3, "the server responds with SESSION_EXPIRED").
+    SessionExpired,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -116,6 +120,12 @@ impl DedupTable {
                 rec.last_index = ctx.index;
                 response
             }
+            // Sessions open with sequence number 1. A higher number from an unknown client is
+            // a retry (or a continuation) of an evicted session: it must not run again. A retry
+            // of the *first* command of a session evicted meanwhile cannot be told apart from a
+            // new session; that needs `clients_max` other clients to apply commands between
+            // the attempts, and is why the table should be sized well above the client count.
+            None if seq != 1 => return Applied::SessionExpired,
             None => {
                 let response = sm.apply(ctx, data);
                 self.clients.insert(
@@ -256,6 +266,31 @@ mod tests {
         assert_eq!(t2, t, "a failed restore changes nothing");
     }
 
+    #[test]
+    fn an_evicted_client_is_refused_not_applied_again() {
+        let mut sm = Counter::default();
+        let mut t = DedupTable::new(1);
+        t.apply(&mut sm, &ctx(1, 1), 1, b"");
+        t.apply(&mut sm, &ctx(1, 2), 2, b"");
+        t.apply(&mut sm, &ctx(2, 3), 1, b"");
+        assert_eq!(t.len(), 1, "client 1 was evicted");
+        // Client 1 retries seq 2 (its answer was lost): it must not run a second time.
+        assert_eq!(
+            t.apply(&mut sm, &ctx(1, 4), 2, b""),
+            Applied::SessionExpired
+        );
+        assert_eq!(
+            t.apply(&mut sm, &ctx(1, 5), 3, b""),
+            Applied::SessionExpired
+        );
+        assert_eq!(sm.0, 3, "nothing ran after the eviction");
+        // A session that never opened with seq 1 is refused the same way.
+        assert_eq!(
+            t.apply(&mut sm, &ctx(9, 6), 4, b""),
+            Applied::SessionExpired
+        );
+    }
+
     /// The table against a plain model: a list of (client, seq, response, last index), the
     /// lowest last index evicted first. Covers the in-place update of a known client.
     mod model {
@@ -283,6 +318,8 @@ mod tests {
                     if seq < r.1 {
                         return Applied::Stale;
                     }
+                } else if seq != 1 {
+                    return Applied::SessionExpired;
                 }
                 let response = sm.apply(&ctx(client, index), b"");
                 self.records.retain(|r| r.0 != client);
@@ -301,7 +338,7 @@ mod tests {
             #[test]
             fn matches_the_model(
                 max in 1usize..5,
-                ops in proptest::collection::vec((0u64..6, 0u64..5), 1..200),
+                ops in proptest::collection::vec((0u64..6, 1u64..5), 1..200),
             ) {
                 let (mut sm, mut model_sm) = (Counter::default(), Counter::default());
                 let mut table = DedupTable::new(max);

@@ -155,6 +155,7 @@ pub fn kind(body: &Body) -> &'static str {
         Body::TimeoutNow => "TimeoutNow",
         Body::ReadIndex(_) => "ReadIndex",
         Body::ReadIndexResp(..) => "ReadIndexResp",
+        Body::Removed { .. } => "Removed",
     }
 }
 

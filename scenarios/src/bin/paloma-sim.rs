@@ -1,7 +1,8 @@
 //! `paloma-sim`: watch a simulated chaos run of the Raft cluster, sweep seeds, replay a failure.
 //!
 //! ```text
-//! paloma-sim watch [--seed N] [--family chaos5|chaos3|membership]     one run with its trace and a summary
+//! paloma-sim watch [--seed N] [--family chaos5|chaos3|membership|transfer|lease] [--trace]
+//!                                                   one run told as a story (--trace: every message)
 //! paloma-sim sweep [--seeds N] [--first S] [--family F]    N seeds, ends with "N passed, M failed"
 //! paloma-sim replay --seed S [--faults 1,4] [--family F]   re-run a seed (with a shrunk fault mask)
 //! ```
@@ -30,9 +31,12 @@ enum Cmd {
         seed: u64,
         #[arg(long, default_value = "chaos5")]
         family: String,
-        /// Print only the summary, not the trace.
+        /// Print only the summary, not the story.
         #[arg(long)]
         quiet: bool,
+        /// Also print every message sent and every role change (thousands of lines).
+        #[arg(long)]
+        trace: bool,
     },
     /// Run many seeds; failures are shrunk and printed with their replay command.
     Sweep {
@@ -55,12 +59,16 @@ enum Cmd {
         /// Comma-separated indexes of the planned faults to keep.
         #[arg(long)]
         faults: Option<String>,
+        /// Print only the story, not every message.
+        #[arg(long)]
+        story: bool,
     },
 }
 
 fn family(name: &str) -> Result<Family, String> {
-    Family::parse(name)
-        .ok_or_else(|| format!("unknown family {name:?} (expected chaos5, chaos3 or membership)"))
+    Family::parse(name).ok_or_else(|| {
+        format!("unknown family {name:?} (expected chaos5, chaos3, membership, transfer or lease)")
+    })
 }
 
 fn main() -> ExitCode {
@@ -69,16 +77,19 @@ fn main() -> ExitCode {
         seed: 1,
         family: "chaos5".into(),
         quiet: false,
+        trace: false,
     }) {
         Cmd::Watch {
             seed,
             family: f,
             quiet,
-        } => family(&f).map(|f| watch(f, seed, None, quiet)),
+            trace,
+        } => family(&f).map(|f| watch(f, seed, None, quiet, trace)),
         Cmd::Replay {
             seed,
             family: f,
             faults,
+            story,
         } => family(&f).and_then(|f| {
             let mask = faults
                 .map(|s| {
@@ -92,7 +103,7 @@ fn main() -> ExitCode {
                         .collect::<Result<BTreeSet<_>, _>>()
                 })
                 .transpose()?;
-            Ok(watch(f, seed, mask, false))
+            Ok(watch(f, seed, mask, false, !story))
         }),
         Cmd::Sweep {
             seeds,
@@ -111,22 +122,41 @@ fn main() -> ExitCode {
     }
 }
 
-fn watch(family: Family, seed: u64, mask: Option<BTreeSet<usize>>, quiet: bool) -> bool {
+fn watch(
+    family: Family,
+    seed: u64,
+    mask: Option<BTreeSet<usize>>,
+    quiet: bool,
+    messages: bool,
+) -> bool {
     let cfg = SimConfig {
         trace: !quiet,
+        trace_messages: messages,
         fault_mask: mask.clone(),
         ..family.config(seed)
     };
-    println!("Simulating {} nodes for {:?} of chaos (partitions, crashes with torn writes, {}% loss, {}% duplication, latency spikes, clock drift up to {}%) then {:?} healed.",
-        cfg.nodes, cfg.chaos, cfg.faults.loss_ppm / 10_000, cfg.faults.dup_ppm / 10_000, cfg.faults.drift_ppm_max / 10_000, cfg.liveness);
+    let resolved = cfg.resolved();
+    println!(
+        "Simulating {} nodes ({} family, seed {seed}) for {:?} of chaos, then {:?} with the network healed.",
+        cfg.nodes + cfg.spares,
+        family.name(),
+        cfg.chaos,
+        cfg.liveness
+    );
+    println!(
+        "This seed's fault profile: {}",
+        resolved.faults.describe(&resolved.raft)
+    );
     let (report, trace) = run_one(cfg);
     for line in trace.lines() {
         println!("{line}");
     }
     println!();
     println!("Checked after every step: one leader per term, committed entries never change, leaders hold every committed entry,");
-    println!("equal state at equal applied index, node invariants, durable term/vote never regress; at the end: one leader,");
-    println!("progress after healing, and linearizability of the client history (writes, compare-and-set, ReadIndex reads).");
+    println!("equal state at equal applied index, node invariants, durable term/vote never regress. Checked at the boundary,");
+    println!("against the disks: no message leaves before the term, vote or entries it promises are durable, no node votes twice");
+    println!("in a term, every commit is durable on a quorum. At the end: one leader, progress after healing, every membership");
+    println!("change and transfer took effect or failed explicitly, and the client history is linearizable.");
     println!("{}", report.summary());
     if report.failure.is_some() {
         println!("replay: {}", replay_command(family, seed, mask.as_ref()));

@@ -1,25 +1,41 @@
-//! The fault plan: a list of timed faults drawn from the seed before the run starts, so a failing
-//! run can be shrunk by removing faults one by one and replayed with a mask.
+//! The fault vocabulary of the fast simulator: a per-seed fault *profile* (swarm testing: each seed
+//! draws its own mix, Groce et al., "Swarm Testing", ISSTA 2012) and the *plan*, a list of timed
+//! faults drawn from the seed before the run starts, so that a failing run can be shrunk by removing
+//! faults one by one and replayed with a mask.
+//!
+//! Besides faults at random moments, the plan holds *targeted* faults in the style of
+//! FoundationDB's `BUGGIFY`: they arm a trigger and strike at the dangerous moment (a crash while a
+//! vote, a term or an append is written but not yet durable; old messages delivered right after a
+//! leader change; a partition right after the leader replicated to a minority).
 
+use paloma_core::raft::{Config, ReadMode};
 use paloma_core::rng::DetRng;
 use paloma_core::NodeId;
 use std::time::Duration;
 
 /// Fault rates and kinds for a run.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Faults {
     /// Probability (parts per million) that a message is lost.
     pub loss_ppm: u32,
     /// Probability that a message is delivered twice.
     pub dup_ppm: u32,
-    /// Probability of a latency spike (up to two election timeouts: long reordering).
+    /// Probability of a latency spike (up to `spike_max`: long reordering, past election timeouts).
     pub spike_ppm: u32,
+    /// Longest latency spike.
+    pub spike_max: Duration,
     /// Minimum one-way latency.
     pub delay_min: Duration,
     /// Maximum one-way latency (latencies are independent, so messages reorder).
     pub delay_max: Duration,
-    /// Longest fsync.
+    /// Shortest fsync.
+    pub disk_latency_min: Duration,
+    /// Longest ordinary fsync.
     pub disk_latency_max: Duration,
+    /// Probability that an fsync stalls (during the chaos phase).
+    pub disk_stall_ppm: u32,
+    /// Longest stall.
+    pub disk_stall_max: Duration,
     /// Time between two planned faults, at least.
     pub interval_min: Duration,
     /// And at most.
@@ -34,6 +50,10 @@ pub struct Faults {
     pub drift_ppm_max: u32,
     /// Plan membership changes (needs spare nodes to add).
     pub membership: bool,
+    /// Plan leadership transfers.
+    pub transfers: bool,
+    /// Plan targeted faults (crash while unsynced, stale replay, partition after a minority append).
+    pub targeted: bool,
 }
 
 impl Default for Faults {
@@ -42,9 +62,14 @@ impl Default for Faults {
             loss_ppm: 50_000,
             dup_ppm: 20_000,
             spike_ppm: 5_000,
+            spike_max: Duration::from_secs(2),
             delay_min: Duration::from_micros(500),
             delay_max: Duration::from_millis(8),
-            disk_latency_max: Duration::from_millis(2),
+            disk_latency_min: Duration::from_micros(50),
+            // 50 µs plus up to 2 ms (the draw of the first sweeps, kept so old seeds replay).
+            disk_latency_max: Duration::from_micros(2050),
+            disk_stall_ppm: 0,
+            disk_stall_max: Duration::ZERO,
             interval_min: Duration::from_millis(300),
             interval_max: Duration::from_millis(2500),
             partitions: true,
@@ -52,8 +77,20 @@ impl Default for Faults {
             torn_writes: true,
             drift_ppm_max: 100_000,
             membership: false,
+            transfers: false,
+            targeted: true,
         }
     }
+}
+
+/// Picks one of `options` (uniformly).
+fn pick<T: Copy>(rng: &mut DetRng, options: &[T]) -> T {
+    options[rng.below(options.len() as u64) as usize]
+}
+
+/// `true` with probability `pct` percent.
+fn chance(rng: &mut DetRng, pct: u64) -> bool {
+    rng.below(100) < pct
 }
 
 impl Faults {
@@ -67,9 +104,140 @@ impl Faults {
             partitions: false,
             crashes: false,
             drift_ppm_max: 0,
+            targeted: false,
             ..Faults::default()
         }
     }
+
+    /// Swarm testing: draws this seed's own fault profile on top of `self` (which says which kinds
+    /// the family wants: membership and transfers stay as the family set them), and the Raft
+    /// settings the faults run against. Rare combinations (very slow fsyncs with frequent crashes,
+    /// long delays with leader changes, no pre-vote with heavy loss) then occur in some seeds
+    /// instead of never.
+    pub fn swarm(&self, raft: &mut Config, rng: &mut DetRng) -> Faults {
+        let mut f = self.clone();
+        f.loss_ppm = pick(rng, &[0, 10_000, 50_000, 200_000]);
+        f.dup_ppm = pick(rng, &[0, 20_000, 100_000]);
+        f.spike_ppm = pick(rng, &[0, 5_000, 50_000]);
+        let et = raft.election_timeout;
+        f.spike_max = pick(rng, &[et / 2, et * 2, et * 4]);
+        (f.delay_min, f.delay_max) = pick(
+            rng,
+            &[
+                (Duration::from_micros(100), Duration::from_millis(2)),
+                (Duration::from_micros(500), Duration::from_millis(8)),
+                (Duration::from_millis(5), Duration::from_millis(60)),
+            ],
+        );
+        (f.disk_latency_min, f.disk_latency_max) = pick(
+            rng,
+            &[
+                (Duration::from_micros(5), Duration::from_micros(100)),
+                (Duration::from_micros(50), Duration::from_millis(2)),
+                (Duration::from_millis(1), Duration::from_millis(20)),
+                (Duration::from_millis(10), Duration::from_millis(300)),
+            ],
+        );
+        (f.disk_stall_ppm, f.disk_stall_max) = pick(
+            rng,
+            &[
+                (0, Duration::ZERO),
+                (2_000, Duration::from_millis(500)),
+                (20_000, Duration::from_millis(1500)),
+            ],
+        );
+        (f.interval_min, f.interval_max) = pick(
+            rng,
+            &[
+                (Duration::from_millis(100), Duration::from_millis(800)),
+                (Duration::from_millis(300), Duration::from_millis(2500)),
+                (Duration::from_millis(1000), Duration::from_millis(6000)),
+            ],
+        );
+        f.partitions = chance(rng, 85);
+        f.crashes = chance(rng, 85);
+        f.torn_writes = chance(rng, 60);
+        f.targeted = chance(rng, 70);
+        if raft.read_mode == ReadMode::LeaseBased {
+            // Lease reads are safe only while clocks drift within the configured bound.
+            f.drift_ppm_max = raft.clock_drift_max_ppm;
+        } else {
+            f.drift_ppm_max = pick(rng, &[0, 10_000, 100_000]);
+            raft.check_quorum = chance(rng, 70);
+        }
+        raft.pre_vote = chance(rng, 70);
+        raft.snapshot_chunk_bytes = if f.membership {
+            // Joining learners catch up through snapshots in many chunks (chunk resumption).
+            pick(rng, &[32, 64, 128])
+        } else {
+            pick(rng, &[64, 256, 4096])
+        };
+        raft.snapshot_threshold_entries = pick(rng, &[16, 64, 512]);
+        raft.snapshot_trailing_entries = pick(rng, &[0, 8, 64]);
+        // Caps small enough that catching up takes many appends, yet not so small that a 60 ms
+        // network with one append in flight cannot catch a follower up within the liveness phase.
+        raft.append_entries_max = pick(rng, &[4, 16, 512]);
+        raft.inflight_messages_max = pick(rng, &[1, 4, 32]);
+        f
+    }
+
+    /// One line naming the profile (printed with every failure, so a reader sees the mix).
+    #[must_use]
+    pub fn describe(&self, raft: &Config) -> String {
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        format!(
+            "loss {}% dup {}% spikes {}% (<= {:.0} ms), delay {:.1}-{:.1} ms, fsync {:.3}-{:.1} ms (stalls {}% <= {:.0} ms), faults every {:.1}-{:.1} s{}{}{}{}{}{}, drift <= {}%; pre-vote {}, check-quorum {}, {:?}, chunk {} B, snapshot every {} (+{} kept), append <= {} x {} in flight",
+            self.loss_ppm / 10_000,
+            self.dup_ppm / 10_000,
+            f64::from(self.spike_ppm) / 10_000.0,
+            ms(self.spike_max),
+            ms(self.delay_min),
+            ms(self.delay_max),
+            ms(self.disk_latency_min),
+            ms(self.disk_latency_max),
+            f64::from(self.disk_stall_ppm) / 10_000.0,
+            ms(self.disk_stall_max),
+            self.interval_min.as_secs_f64(),
+            self.interval_max.as_secs_f64(),
+            if self.partitions { ", partitions" } else { "" },
+            if self.crashes { ", crashes" } else { "" },
+            if self.crashes && self.torn_writes { " (torn)" } else { "" },
+            if self.targeted { ", targeted" } else { "" },
+            if self.membership { ", membership" } else { "" },
+            if self.transfers { ", transfers" } else { "" },
+            f64::from(self.drift_ppm_max) / 10_000.0,
+            on(raft.pre_vote),
+            on(raft.check_quorum),
+            raft.read_mode,
+            raft.snapshot_chunk_bytes,
+            raft.snapshot_threshold_entries,
+            raft.snapshot_trailing_entries,
+            raft.append_entries_max,
+            raft.inflight_messages_max,
+        )
+    }
+}
+
+fn on(b: bool) -> &'static str {
+    if b {
+        "on"
+    } else {
+        "off"
+    }
+}
+
+/// What a targeted crash waits for: a node with this kind of write handed to its disk and not yet
+/// durable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unsynced {
+    /// A vote (the hard state names a candidate it did not name on disk).
+    Vote,
+    /// A new term.
+    Term,
+    /// Log entries.
+    Append,
+    /// An installed snapshot.
+    Snapshot,
 }
 
 /// One planned fault.
@@ -110,6 +278,11 @@ pub enum Fault {
         /// Picks among the possible changes.
         choice: u64,
     },
+    /// The leader, if any, transfers leadership to another voter (thesis §3.10).
+    Transfer {
+        /// Picks the target.
+        choice: u64,
+    },
     /// `node` crashes and restarts after `down_for`.
     Crash {
         /// The node.
@@ -117,6 +290,22 @@ pub enum Fault {
         /// Downtime.
         down_for: Duration,
     },
+    /// Targeted: the next node that hands its disk a write of this kind crashes before the write
+    /// is durable, and restarts after `down_for`.
+    CrashWhileUnsynced {
+        /// What must be in flight.
+        what: Unsynced,
+        /// Downtime.
+        down_for: Duration,
+    },
+    /// Targeted: at the next leader change, `count` messages sent long ago are delivered again.
+    StaleReplay {
+        /// How many old messages.
+        count: u8,
+    },
+    /// Targeted: as soon as the leader sends new entries, it is cut off with a minority that
+    /// received them.
+    PartitionAfterMinorityAppend,
 }
 
 /// The planned faults of a run, in time order.
@@ -138,7 +327,7 @@ impl FaultPlan {
             f.interval_max.as_nanos() as u64,
         );
         let mut t = 500_000_000u64;
-        if voters.len() < 2 || (!f.partitions && !f.crashes) {
+        if voters.len() < 2 || (!f.partitions && !f.crashes && !f.transfers && !f.membership) {
             return FaultPlan { events };
         }
         loop {
@@ -159,6 +348,40 @@ impl FaultPlan {
                         choice: rng.next_u64(),
                     },
                 ));
+                continue;
+            }
+            if f.transfers && rng.below(100) < 30 {
+                events.push((
+                    t,
+                    Fault::Transfer {
+                        choice: rng.next_u64(),
+                    },
+                ));
+                continue;
+            }
+            if f.targeted && rng.below(100) < 25 {
+                let fault = match rng.below(6) {
+                    0 | 1 if f.crashes => Fault::CrashWhileUnsynced {
+                        what: pick(
+                            rng,
+                            &[
+                                Unsynced::Vote,
+                                Unsynced::Term,
+                                Unsynced::Append,
+                                Unsynced::Snapshot,
+                            ],
+                        ),
+                        down_for: Duration::from_millis(50 + rng.below(2000)),
+                    },
+                    2 | 3 => Fault::StaleReplay {
+                        count: 1 + rng.below(16) as u8,
+                    },
+                    _ if f.partitions => Fault::PartitionAfterMinorityAppend,
+                    _ => Fault::StaleReplay {
+                        count: 1 + rng.below(16) as u8,
+                    },
+                };
+                events.push((t, fault));
                 continue;
             }
             let fault = if f.partitions && roll < 20 {

@@ -7,17 +7,22 @@
 //! Everything comes from one seed, forked per concern (network, disk, faults, clients, each node's
 //! Raft), so removing a fault while shrinking does not reshuffle the rest of the run.
 
+mod clients;
+mod disk;
 mod faults;
+mod nemesis;
+mod net;
 mod trace;
 
-pub use faults::{Fault, FaultPlan, Faults};
+pub use faults::{Fault, FaultPlan, Faults, Unsynced};
 pub use trace::Trace;
 
 use crate::check::{SafetyChecker, Violation};
-use crate::history::{History, KvOp, OpId};
-use crate::kv::{decode_response, Kv, KvCommand};
-use paloma_core::io::{Event, Input, Output, Role};
-use paloma_core::raft::{Config, Envelope, MembershipChange, ProposeError, RaftNode};
+use crate::history::History;
+use crate::kv::Kv;
+use clients::Client;
+use paloma_core::io::{Input, Output, Role};
+use paloma_core::raft::{Config, Envelope, RaftNode};
 use paloma_core::rng::DetRng;
 use paloma_core::storage::{MemStorage, PersistBatch, Recovered};
 use paloma_core::{ClientId, Instant, LogIndex, NodeId, ReadId};
@@ -51,10 +56,15 @@ pub struct SimConfig {
     pub faults: Faults,
     /// Raft configuration template (`id` is set per node).
     pub raft: Config,
-    /// Record a human-readable trace.
+    /// Record a human-readable trace: the story of the run (faults, elections, progress).
     pub trace: bool,
+    /// With `trace`, also every message sent and every role change.
+    pub trace_messages: bool,
     /// Which planned faults to inject (all when `None`); used by shrinking and replay.
     pub fault_mask: Option<BTreeSet<usize>>,
+    /// Swarm testing: draw this seed's own fault profile and Raft settings from the seed
+    /// ([`Faults::swarm`]) on top of `faults` and `raft`.
+    pub swarm: bool,
 }
 
 impl SimConfig {
@@ -78,8 +88,22 @@ impl SimConfig {
                 ..Config::default()
             },
             trace: false,
+            trace_messages: false,
             fault_mask: None,
+            swarm: false,
         }
+    }
+
+    /// The configuration the run really uses: with `swarm`, the seed's own profile.
+    #[must_use]
+    pub fn resolved(&self) -> SimConfig {
+        let mut cfg = self.clone();
+        if cfg.swarm {
+            let mut rng = DetRng::fork(cfg.seed, "swarm");
+            cfg.faults = self.faults.swarm(&mut cfg.raft, &mut rng);
+            cfg.swarm = false;
+        }
+        cfg
     }
 }
 
@@ -108,6 +132,10 @@ pub struct Report {
     pub snapshots_installed: u64,
     /// Safety observations made.
     pub observations: u64,
+    /// Boundary checks made (messages and commits checked against the disks).
+    pub boundary_checks: u64,
+    /// The fault profile and Raft settings of the run.
+    pub profile: String,
     /// The first failure, if any.
     pub failure: Option<String>,
 }
@@ -117,7 +145,7 @@ impl Report {
     #[must_use]
     pub fn summary(&self) -> String {
         format!(
-            "seed {}: {:.1}s simulated, {} events, {} msgs ({} dropped, {} duplicated), {} crashes ({} torn), {} partitions, {} leaders, commit {}, ops {} writes + {} reads ok ({} pending), {} snapshots installed, {} safety checks{}",
+            "seed {}: {:.1}s simulated, {} events, {} msgs ({} dropped, {} duplicated), {} crashes ({} torn), {} partitions, {} leaders, commit {}, ops {} writes + {} reads ok ({} pending), {} snapshots installed, {} safety + {} boundary checks{}",
             self.seed,
             self.sim_time.as_secs_f64(),
             self.events,
@@ -134,19 +162,41 @@ impl Report {
             self.ops.2,
             self.snapshots_installed,
             self.observations,
-            self.failure.as_ref().map_or(String::new(), |f| format!(" -- FAILED: {f}"))
+            self.boundary_checks,
+            self.failure
+                .as_ref()
+                .map_or(String::new(), |f| format!(" -- FAILED: {f}\n  profile: {}", self.profile))
         )
     }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 enum Ev {
-    Deliver { to: NodeId, frame: Vec<u8> },
-    Timer { node: NodeId, generation: u64 },
-    DiskDone { node: NodeId, incarnation: u64 },
-    Client { client: usize, generation: u64 },
+    Deliver {
+        to: NodeId,
+        frame: Vec<u8>,
+    },
+    Timer {
+        node: NodeId,
+        generation: u64,
+    },
+    DiskDone {
+        node: NodeId,
+        incarnation: u64,
+    },
+    Client {
+        client: usize,
+        generation: u64,
+    },
     Fault(usize),
-    Restart { node: NodeId },
+    Restart {
+        node: NodeId,
+    },
+    CrashNow {
+        node: NodeId,
+        incarnation: u64,
+        down_for: Duration,
+    },
     EndChaos,
 }
 
@@ -161,21 +211,6 @@ struct SimNode {
     drift_ppm: i64,
     /// (global, local) nanoseconds at the last drift change: the clock is continuous across it.
     clock_base: (u64, u64),
-}
-
-#[derive(Debug, Clone)]
-enum Attempt {
-    Write { seq: u64, cmd: Vec<u8> },
-    Read { read: ReadId, key: u8 },
-}
-
-#[derive(Debug)]
-struct Client {
-    id: ClientId,
-    seq: u64,
-    target: NodeId,
-    pending: Option<(OpId, Attempt)>,
-    generation: u64,
 }
 
 /// A simulated cluster. Scenario code can drive it step by step (see the methods) or call
@@ -208,6 +243,21 @@ pub struct Sim {
     reads_served: Vec<(NodeId, ReadId, LogIndex)>,
     /// Nodes whose removal was proposed (they are never added again).
     removed: BTreeSet<NodeId>,
+    /// Nodes whose removal a leader applied, and nodes that were told they were removed.
+    removals_applied: BTreeSet<NodeId>,
+    removed_told: BTreeSet<NodeId>,
+    /// Cluster operations accepted and not yet ended (see `nemesis.rs`).
+    nemesis: Vec<nemesis::Pending>,
+    /// Targeted faults waiting for their moment.
+    armed_unsynced: Option<(Unsynced, Duration)>,
+    armed_replay: Option<u8>,
+    armed_minority_append: bool,
+    /// Frames sent earlier, for stale replays: (to, frame).
+    old_frames: VecDeque<(NodeId, Vec<u8>)>,
+    /// The highest term in which a leader was seen (a leader change fires stale replays).
+    leader_term_seen: paloma_core::Term,
+    /// When the story trace prints its next progress line (nanoseconds).
+    next_progress: u64,
 }
 
 impl std::fmt::Debug for Sim {
@@ -223,6 +273,7 @@ impl Sim {
     /// Builds the cluster at time zero.
     #[must_use]
     pub fn new(cfg: SimConfig) -> Sim {
+        let cfg = cfg.resolved();
         let mut fault_rng = DetRng::fork(cfg.seed, "faults");
         let voters: Vec<NodeId> = (1..=cfg.nodes).map(NodeId).collect();
         let all: Vec<NodeId> = (1..=cfg.nodes + cfg.spares).map(NodeId).collect();
@@ -269,9 +320,10 @@ impl Sim {
             net_rng: DetRng::fork(cfg.seed, "net"),
             disk_rng: DetRng::fork(cfg.seed, "disk"),
             client_rng: DetRng::fork(cfg.seed, "clients"),
-            trace: Trace::new(cfg.trace),
+            trace: Trace::new(cfg.trace, cfg.trace_messages),
             report: Report {
                 seed: cfg.seed,
+                profile: cfg.faults.describe(&cfg.raft),
                 ..Report::default()
             },
             cfg,
@@ -292,6 +344,15 @@ impl Sim {
             workload: true,
             reads_served: Vec::new(),
             removed: BTreeSet::new(),
+            removals_applied: BTreeSet::new(),
+            removed_told: BTreeSet::new(),
+            nemesis: Vec::new(),
+            armed_unsynced: None,
+            armed_replay: None,
+            armed_minority_append: false,
+            old_frames: VecDeque::new(),
+            leader_term_seen: paloma_core::Term(0),
+            next_progress: 1_000_000_000,
         };
         for id in all {
             sim.start_node(id);
@@ -311,7 +372,7 @@ impl Sim {
     }
 }
 
-fn dur_nanos(d: Duration) -> u64 {
+pub(crate) fn dur_nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
@@ -342,12 +403,46 @@ impl Sim {
                 break;
             }
             let Reverse((at, _, ev)) = self.queue.pop().expect("peeked");
+            while self.cfg.trace && at >= self.next_progress {
+                self.progress_line();
+            }
             self.now = at;
             self.report.events += 1;
             self.dispatch(ev)?;
         }
         self.now = self.now.max(until);
         Ok(())
+    }
+
+    /// One line of the story each simulated second: who leads, how far the log committed, who is
+    /// down, how many client operations completed.
+    fn progress_line(&mut self) {
+        let at = self.next_progress;
+        self.next_progress += 1_000_000_000;
+        let leader = self
+            .leader()
+            .map(|id| (id, self.node(id).expect("live").status()));
+        let down: Vec<String> = self
+            .nodes
+            .iter()
+            .filter(|(_, n)| n.raft.is_none())
+            .map(|(id, _)| id.to_string())
+            .collect();
+        let (done, reads) = (self.history.completed(), self.history.completed_reads());
+        self.trace.line(
+            at,
+            format_args!(
+                "-- leader {}, commit {}, {} down{}, {} writes + {} reads done, {} safety + {} boundary checks so far",
+                leader.as_ref().map_or("none".to_string(), |(id, st)| format!("{id} ({})", st.term)),
+                leader.as_ref().map_or(0, |(_, st)| st.commit.0),
+                down.len(),
+                if down.is_empty() { String::new() } else { format!(" ({})", down.join(" ")) },
+                done - reads,
+                reads,
+                self.checker.observations,
+                self.checker.boundary_checks,
+            ),
+        );
     }
 
     /// Simulated time now, in nanoseconds.
@@ -367,7 +462,7 @@ impl Sim {
                 if self.nodes[&to].raft.is_none() {
                     return Ok(());
                 }
-                if self.cfg.trace {
+                if self.trace.messages() {
                     if let Ok(env) = Envelope::decode(&frame, usize::MAX) {
                         self.trace.message(self.now, "recv", &env);
                     }
@@ -393,6 +488,17 @@ impl Sim {
                 self.inject_fault(fault)
             }
             Ev::Restart { node } => self.restart(node),
+            Ev::CrashNow {
+                node,
+                incarnation,
+                down_for,
+            } => {
+                if self.nodes[&node].incarnation == incarnation && !self.chaos_over {
+                    self.crash(node);
+                    self.schedule(self.now + dur_nanos(down_for), Ev::Restart { node });
+                }
+                Ok(())
+            }
             Ev::EndChaos => self.heal_all(),
         }
     }
@@ -454,13 +560,14 @@ impl Sim {
             let Some(out) = node.poll_output() else { break };
             match out {
                 Output::Persist(batch) => self.submit_disk(id, batch),
-                Output::Send(env) => self.send(env),
+                Output::Send(env) => self.send(env)?,
                 Output::Event(ev) => self.on_event(id, ev)?,
             }
         }
         let node = self.nodes[&id].raft.as_ref().expect("live");
         let st = node.status();
-        if self.cfg.trace && (st.role, st.term) != before {
+        let story = st.role == Role::Leader || before.0 == Role::Leader;
+        if self.cfg.trace && (st.role, st.term) != before && (story || self.trace.messages()) {
             self.trace.line(
                 self.now,
                 format_args!(
@@ -470,6 +577,15 @@ impl Sim {
             );
         }
         self.checker.observe(node, Kv::digest)?;
+        let nodes = &self.nodes;
+        self.checker
+            .observe_commit_durable(node, |n| nodes.get(&n).map(|x| x.disk.state()))?;
+        if st.role == Role::Leader && st.term > self.leader_term_seen {
+            self.leader_term_seen = st.term;
+            if let Some(count) = self.armed_replay.take() {
+                self.replay_old_frames(count);
+            }
+        }
         self.arm_timer(id);
         Ok(())
     }
@@ -490,273 +606,6 @@ impl Sim {
                 generation,
             },
         );
-    }
-
-    // ----- disks ----------------------------------------------------------------------------------
-
-    fn submit_disk(&mut self, id: NodeId, batch: PersistBatch) {
-        let latency = 50_000
-            + self
-                .disk_rng
-                .below(dur_nanos(self.cfg.faults.disk_latency_max).max(1));
-        let n = self.nodes.get_mut(&id).expect("node");
-        n.disk_queue.push_back(batch);
-        // Writes complete in order (one fsync after another).
-        let done = (self.now + latency).max(n.disk_busy_until);
-        n.disk_busy_until = done;
-        let incarnation = n.incarnation;
-        self.schedule(
-            done,
-            Ev::DiskDone {
-                node: id,
-                incarnation,
-            },
-        );
-    }
-
-    fn on_disk_done(&mut self, id: NodeId, incarnation: u64) -> Result<(), Violation> {
-        let n = self.nodes.get_mut(&id).expect("node");
-        if n.incarnation != incarnation || n.raft.is_none() {
-            return Ok(());
-        }
-        let Some(batch) = n.disk_queue.pop_front() else {
-            return Ok(());
-        };
-        for op in &batch.ops {
-            n.disk.apply_op(op);
-        }
-        let hs = n.disk.state().hard_state;
-        self.checker.observe_durable(id, hs.term, hs.vote)?;
-        self.step_node(id, |raft, now| {
-            raft.handle(now, Input::Persisted(batch.seq))
-        })
-    }
-
-    // ----- network --------------------------------------------------------------------------------
-
-    fn send(&mut self, env: Envelope) {
-        self.report.messages.0 += 1;
-        if self.cfg.trace {
-            self.trace.message(self.now, "send", &env);
-        }
-        if self.blocked.contains(&(env.from, env.to)) || !self.nodes.contains_key(&env.to) {
-            self.report.messages.1 += 1;
-            return;
-        }
-        let f = self.cfg.faults.clone();
-        if self.lossy && self.net_rng.below(1_000_000) < u64::from(f.loss_ppm) {
-            self.report.messages.1 += 1;
-            return;
-        }
-        let copies = if self.lossy && self.net_rng.below(1_000_000) < u64::from(f.dup_ppm) {
-            2
-        } else {
-            1
-        };
-        self.report.messages.2 += copies - 1;
-        let frame = env.encode();
-        for _ in 0..copies {
-            let (lo, hi) = (dur_nanos(f.delay_min), dur_nanos(f.delay_max));
-            let mut delay = lo + self.net_rng.below(hi.saturating_sub(lo).max(1));
-            if self.lossy && self.net_rng.below(1_000_000) < u64::from(f.spike_ppm) {
-                // A latency spike long enough to reorder across heartbeats and elections.
-                delay += self
-                    .net_rng
-                    .below(2 * dur_nanos(self.cfg.raft.election_timeout));
-            }
-            self.schedule(
-                self.now + delay,
-                Ev::Deliver {
-                    to: env.to,
-                    frame: frame.clone(),
-                },
-            );
-        }
-    }
-
-    // ----- faults ---------------------------------------------------------------------------------
-
-    /// Injects `fault` now.
-    pub fn inject_fault(&mut self, fault: Fault) -> Result<(), Violation> {
-        self.trace.line(self.now, format_args!("FAULT {fault:?}"));
-        match fault {
-            Fault::Heal => self.blocked.clear(),
-            Fault::Partition { groups } => {
-                self.report.partitions += 1;
-                self.blocked.clear();
-                let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
-                for a in &ids {
-                    for b in &ids {
-                        let ga = groups.iter().position(|g| g.contains(a));
-                        let gb = groups.iter().position(|g| g.contains(b));
-                        if a != b && ga != gb {
-                            self.blocked.insert((*a, *b));
-                        }
-                    }
-                }
-            }
-            Fault::Bridge {
-                bridge,
-                left,
-                right,
-            } => {
-                // `bridge` talks to everyone; `left` and `right` cannot talk to each other (Howard 2020).
-                self.report.partitions += 1;
-                self.blocked.clear();
-                for a in &left {
-                    for b in &right {
-                        if *a != bridge && *b != bridge {
-                            self.blocked.insert((*a, *b));
-                            self.blocked.insert((*b, *a));
-                        }
-                    }
-                }
-            }
-            Fault::OneWay { from, to } => {
-                self.report.partitions += 1;
-                self.blocked.insert((from, to));
-            }
-            Fault::Reconfigure { choice } => self.reconfigure(choice)?,
-            Fault::CrashLeader { down_for } => {
-                if let Some(node) = self.leader() {
-                    self.crash(node);
-                    self.schedule(self.now + dur_nanos(down_for), Ev::Restart { node });
-                }
-            }
-            Fault::Crash { node, down_for } => {
-                self.crash(node);
-                self.schedule(self.now + dur_nanos(down_for), Ev::Restart { node });
-            }
-        }
-        Ok(())
-    }
-
-    fn reconfigure(&mut self, choice: u64) -> Result<(), Violation> {
-        let Some(leader) = self.leader() else {
-            return Ok(());
-        };
-        let m = self.node(leader).expect("live").status().membership;
-        let all: Vec<NodeId> = self.nodes.keys().copied().collect();
-        let spares: Vec<NodeId> = all
-            .iter()
-            .copied()
-            .filter(|id| !m.contains(*id) && !self.removed.contains(id))
-            .collect();
-        let learners: Vec<NodeId> = m.learners.iter().copied().collect();
-        let voters: Vec<NodeId> = m.voters.iter().copied().collect();
-        let mut options = Vec::new();
-        options.extend(spares.iter().map(|id| MembershipChange::AddLearner(*id)));
-        options.extend(learners.iter().map(|id| MembershipChange::Promote(*id)));
-        if voters.len() > 3 {
-            options.extend(voters.iter().map(|id| MembershipChange::Remove(*id)));
-        }
-        if options.is_empty() {
-            return Ok(());
-        }
-        let change = options[(choice % options.len() as u64) as usize];
-        let result = self.with_node(leader, |n, now, unix_ms| {
-            n.change_membership(now, unix_ms, change)
-        })?;
-        self.trace.line(
-            self.now,
-            format_args!("{leader} proposes {change:?}: {result:?}"),
-        );
-        if let (Ok(_), MembershipChange::Remove(id)) = (result, change) {
-            // Node ids are never reused (etcd README): a removed node never comes back as a member.
-            self.removed.insert(id);
-        }
-        Ok(())
-    }
-
-    /// Crashes `id`: its memory is gone, and so is every write not yet durable; with torn writes
-    /// enabled, a prefix of the first pending batch may have reached the disk.
-    pub fn crash(&mut self, id: NodeId) {
-        let torn = self.cfg.faults.torn_writes;
-        let n = self.nodes.get_mut(&id).expect("node");
-        if n.raft.is_none() {
-            return;
-        }
-        n.raft = None;
-        n.incarnation += 1;
-        n.disk_busy_until = 0;
-        self.report.crashes.0 += 1;
-        if let Some(first) = n.disk_queue.front() {
-            if torn && !first.ops.is_empty() {
-                let keep = self.disk_rng.below(first.ops.len() as u64 + 1) as usize;
-                if keep > 0 {
-                    self.report.crashes.1 += 1;
-                }
-                for op in &first.ops[..keep] {
-                    n.disk.apply_op(op);
-                }
-            }
-        }
-        n.disk_queue.clear();
-        self.checker.on_restart(id);
-        self.trace
-            .line(self.now, format_args!("crash {id} (unsynced writes lost)"));
-    }
-
-    /// Restarts `id` from its durable state (no-op if it is running).
-    pub fn restart(&mut self, id: NodeId) -> Result<(), Violation> {
-        if self.nodes[&id].raft.is_some() {
-            return Ok(());
-        }
-        self.start_node(id);
-        self.trace.line(self.now, format_args!("restart {id}"));
-        let before = (
-            Role::Follower,
-            self.nodes[&id]
-                .raft
-                .as_ref()
-                .expect("started")
-                .status()
-                .term,
-        );
-        self.after_step(id, before)
-    }
-
-    fn start_node(&mut self, id: NodeId) {
-        let now = self.local_now(id);
-        let n = self.nodes.get_mut(&id).expect("node");
-        let recovered = n.disk.state().clone();
-        let cfg = Config {
-            id,
-            ..self.cfg.raft.clone()
-        };
-        let seed = self.cfg.seed ^ (id.0 << 48) ^ (n.incarnation << 32);
-        let raft = RaftNode::new(cfg, recovered, Kv::default(), seed, now)
-            .expect("recovered state is valid");
-        n.raft = Some(raft);
-        self.arm_timer(id);
-    }
-
-    /// Ends the chaos phase: every partition heals, crashed nodes restart, the network turns
-    /// reliable, and clients must make progress from here (the liveness phase).
-    fn heal_all(&mut self) -> Result<(), Violation> {
-        self.chaos_over = true;
-        self.blocked.clear();
-        self.lossy = false;
-        self.healed_at = Some(self.now);
-        self.trace.line(
-            self.now,
-            format_args!("END OF CHAOS: network healed, crashed nodes restart; liveness phase"),
-        );
-        let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
-        for id in ids {
-            self.restart(id)?;
-        }
-        Ok(())
-    }
-
-    /// Cuts the network into `groups` (nodes not listed are isolated).
-    pub fn partition(&mut self, groups: Vec<Vec<NodeId>>) -> Result<(), Violation> {
-        self.inject_fault(Fault::Partition { groups })
-    }
-
-    /// Heals every partition.
-    pub fn heal(&mut self) {
-        self.blocked.clear();
     }
 
     // ----- inspection for scripted scenarios -------------------------------------------------------
@@ -856,194 +705,6 @@ impl Sim {
         &self.trace
     }
 
-    // ----- clients --------------------------------------------------------------------------------
-
-    fn schedule_client(&mut self, c: usize, at: u64) {
-        self.clients[c].generation += 1;
-        let generation = self.clients[c].generation;
-        self.schedule(
-            at,
-            Ev::Client {
-                client: c,
-                generation,
-            },
-        );
-    }
-
-    fn client_act(&mut self, c: usize) -> Result<(), Violation> {
-        if self.clients[c].pending.is_none() {
-            if !self.workload {
-                return Ok(());
-            }
-            self.new_op(c);
-        }
-        self.attempt(c)
-    }
-
-    fn new_op(&mut self, c: usize) {
-        let key = self.client_rng.below(u64::from(self.cfg.keys.max(1))) as u8;
-        let roll = self.client_rng.below(100);
-        let client = &mut self.clients[c];
-        let (op, attempt) = if roll < u64::from(self.cfg.read_pct) {
-            self.next_read += 1;
-            (
-                KvOp::Get { key },
-                Attempt::Read {
-                    read: ReadId(self.next_read),
-                    key,
-                },
-            )
-        } else {
-            client.seq += 1;
-            // Values are unique per client and sequence, so a read identifies the write it saw.
-            let value = client.id.0 * 1_000_000 + client.seq;
-            let (op, cmd) = if roll % 3 == 0 {
-                let expected = None;
-                (
-                    KvOp::Cas {
-                        key,
-                        expected,
-                        new: value,
-                    },
-                    KvCommand::Cas {
-                        key,
-                        expected,
-                        new: value,
-                    },
-                )
-            } else {
-                (KvOp::Put { key, value }, KvCommand::Put { key, value })
-            };
-            (
-                op,
-                Attempt::Write {
-                    seq: client.seq,
-                    cmd: cmd.encode(),
-                },
-            )
-        };
-        let id = self.history.invoke(client.id.0, op, self.now);
-        self.clients[c].pending = Some((id, attempt));
-    }
-
-    /// Tries the pending operation on the client's current target; on refusal, picks another
-    /// replica and backs off; otherwise waits for the outcome with a timeout.
-    fn attempt(&mut self, c: usize) -> Result<(), Violation> {
-        let target = self.clients[c].target;
-        let (_, attempt) = self.clients[c].pending.clone().expect("pending");
-        if self.nodes[&target].raft.is_none() {
-            return self.retry_elsewhere(c, None);
-        }
-        let client_id = self.clients[c].id;
-        let outcome = match attempt {
-            Attempt::Write { seq, cmd } => self.with_node(target, |n, now, unix_ms| {
-                match n.propose(now, unix_ms, client_id, seq, cmd) {
-                    Ok(_) => Ok(()),
-                    Err(ProposeError::NotLeader { leader }) => Err(leader),
-                    Err(_) => Err(None),
-                }
-            })?,
-            Attempt::Read { read, .. } => {
-                // A fresh read id per attempt: an answer to an older attempt must not count.
-                self.next_read += 1;
-                let new_read = ReadId(self.next_read);
-                if let Some((_, Attempt::Read { read: r, .. })) = &mut self.clients[c].pending {
-                    *r = new_read;
-                }
-                let _ = read;
-                self.with_node(target, |n, now, _| {
-                    n.read(now, new_read).map_err(|_| n.status().leader)
-                })?
-            }
-        };
-        match outcome {
-            Ok(()) => {
-                let at = self.now + 2_000_000_000;
-                self.schedule_client(c, at);
-                Ok(())
-            }
-            Err(hint) => self.retry_elsewhere(c, hint),
-        }
-    }
-
-    fn retry_elsewhere(&mut self, c: usize, hint: Option<NodeId>) -> Result<(), Violation> {
-        let nodes = self.cfg.nodes + self.cfg.spares;
-        let next = match hint {
-            Some(l) if l != self.clients[c].target => l,
-            _ => NodeId(1 + self.client_rng.below(nodes)),
-        };
-        self.clients[c].target = next;
-        let at = self.now + 20_000_000 + self.client_rng.below(30_000_000);
-        self.schedule_client(c, at);
-        Ok(())
-    }
-
-    fn on_event(&mut self, node: NodeId, ev: Event) -> Result<(), Violation> {
-        match ev {
-            Event::Applied {
-                client,
-                seq,
-                response,
-                ..
-            } => {
-                let Some(c) = self.clients.iter().position(|x| x.id == client) else {
-                    return Ok(());
-                };
-                let Some((op, Attempt::Write { seq: s, .. })) = &self.clients[c].pending else {
-                    return Ok(());
-                };
-                if *s != seq {
-                    return Ok(());
-                }
-                let op = *op;
-                let result = decode_response(&response)
-                    .ok_or_else(|| Violation("undecodable kv response".into()))?;
-                self.history.complete(op, result, self.now);
-                if self.healed_at.is_some() {
-                    self.healed_ops.0 += 1;
-                }
-                self.finish_op(c);
-            }
-            Event::ReadReady { id, index } => {
-                self.reads_served.push((node, id, index));
-                let Some(c) = self.clients.iter().position(
-                    |x| matches!(x.pending, Some((_, Attempt::Read { read, .. })) if read == id),
-                ) else {
-                    return Ok(());
-                };
-                let Some((op, Attempt::Read { key, .. })) = self.clients[c].pending.clone() else {
-                    return Ok(());
-                };
-                let value = self.nodes[&node]
-                    .raft
-                    .as_ref()
-                    .expect("live")
-                    .state_machine()
-                    .get(key);
-                self.history.complete(op, value, self.now);
-                if self.healed_at.is_some() {
-                    self.healed_ops.1 += 1;
-                }
-                self.finish_op(c);
-            }
-            Event::ReadFailed { id } => {
-                if let Some(c) = self.clients.iter().position(
-                    |x| matches!(x.pending, Some((_, Attempt::Read { read, .. })) if read == id),
-                ) {
-                    self.retry_elsewhere(c, None)?;
-                }
-            }
-            Event::RoleChanged { .. } | Event::SnapshotTaken { .. } => {}
-        }
-        Ok(())
-    }
-
-    fn finish_op(&mut self, c: usize) {
-        self.clients[c].pending = None;
-        let at = self.now + 1_000_000 + self.client_rng.below(20_000_000);
-        self.schedule_client(c, at);
-    }
-
     // ----- end-of-run checks --------------------------------------------------------------------
 
     /// Liveness and convergence after the faults healed, then linearizability of the history.
@@ -1086,6 +747,9 @@ impl Sim {
                 }
             }
         }
+        if self.healed_at.is_some() {
+            self.check_nemesis()?;
+        }
         self.history
             .check_linearizable()
             .map_err(|e| Violation(e.to_string()))
@@ -1100,6 +764,7 @@ impl Sim {
             .last_key_value()
             .map_or(0, |(i, _)| i.0);
         self.report.observations = self.checker.observations;
+        self.report.boundary_checks = self.checker.boundary_checks;
         let pending = self.history.len() - self.history.completed();
         let reads = self.history.completed_reads();
         self.report.ops = (self.history.completed() - reads, reads, pending);

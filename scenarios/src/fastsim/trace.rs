@@ -3,21 +3,31 @@
 use paloma_core::raft::message::Envelope;
 use std::fmt::Write as _;
 
-/// The trace of a run (empty when disabled).
+/// The trace of a run (empty when disabled). The *story* (faults, elections, progress each
+/// simulated second, the verdict) is a screenful or two; with `messages` every message sent and
+/// every role change is there too.
 #[derive(Clone, Debug, Default)]
 pub struct Trace {
     enabled: bool,
+    messages: bool,
     lines: Vec<String>,
 }
 
 impl Trace {
-    /// A trace that records only if `enabled`.
+    /// A trace that records only if `enabled`, messages only if `messages` too.
     #[must_use]
-    pub fn new(enabled: bool) -> Trace {
+    pub fn new(enabled: bool, messages: bool) -> Trace {
         Trace {
             enabled,
+            messages: enabled && messages,
             lines: Vec::new(),
         }
+    }
+
+    /// Whether the full message trace is on.
+    #[must_use]
+    pub fn messages(&self) -> bool {
+        self.messages
     }
 
     /// Records a free-form line at `now` nanoseconds.
@@ -31,7 +41,7 @@ impl Trace {
 
     /// Records a message.
     pub fn message(&mut self, now: u64, what: &str, env: &Envelope) {
-        if !self.enabled || what != "send" {
+        if !self.messages || what != "send" {
             return;
         }
         self.line(
