@@ -85,6 +85,9 @@
 //! assert_eq!(applied, Some(5u64.to_le_bytes().to_vec()));
 //! ```
 
+/// Fuzz entry points: compiled only for tests, cargo-fuzz (`--cfg fuzzing`) and the `testing`
+/// feature, never into a release binary.
+#[cfg(any(test, fuzzing, feature = "testing"))]
 pub mod fuzz;
 pub mod ids;
 pub mod io;

@@ -178,6 +178,16 @@ impl<S: StateMachine + 'static> Cluster<S> {
 
     // ----- inspection -------------------------------------------------------------------------
 
+    /// The simulation settings of this cluster.
+    pub fn sim_config(&self) -> &SimConfig {
+        &self.env.cfg
+    }
+
+    /// The Raft configuration every node runs (its `id` aside).
+    pub fn raft_config(&self) -> &Config {
+        &self.env.cfg.raft
+    }
+
     /// Every node id.
     #[must_use]
     pub fn ids(&self) -> Vec<NodeId> {

@@ -186,10 +186,10 @@ impl SafetyChecker {
         node: &RaftNode<S>,
         durable: impl Fn(NodeId) -> Option<&'a Recovered>,
     ) -> Result<(), Violation> {
-        let st = node.status();
-        if st.role != Role::Leader {
+        if node.role() != Role::Leader {
             return Ok(());
         }
+        let st = node.status();
         let checked = self.leader_commit_checked.entry(st.id).or_default();
         if checked.0 == st.term && checked.1 >= st.commit {
             return Ok(());

@@ -211,9 +211,9 @@ async fn three_kill_restart_cycles_lose_no_acknowledged_write() {
 async fn fsync_failure_stops_the_leader_and_loses_nothing() {
     const TEST: &str = "fsync_failure_stops_the_leader_and_loses_nothing";
     let mut run = Run::start(TEST, 3, sim_config(), &Workload::default());
-    madsim::time::sleep(Duration::from_secs(2)).await;
+    // Seed 5074 once needed more than a fixed 2 s for its first election: wait for the condition.
+    let victim = run.wait_for_leader().await;
     let c = run.cluster.clone();
-    let victim = run.leader().expect("a leader after 2 s");
     c.note(format_args!("{victim}'s fsyncs start failing"));
     c.disk(victim).fail_syncs(true);
     // Clients write all the time: the next persist batch fails within moments.

@@ -556,6 +556,18 @@ impl<S: StateMachine> RaftNode<S> {
         }
     }
 
+    /// The role (cheaper than `status()`, which copies the membership).
+    #[must_use]
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    /// The current term.
+    #[must_use]
+    pub fn term(&self) -> Term {
+        self.term
+    }
+
     /// The log, for checkers and tests.
     #[must_use]
     pub fn log(&self) -> &RaftLog {

@@ -61,8 +61,10 @@
 //!   in Signal's Sesame specification).
 
 mod error;
+#[cfg(any(test, fuzzing, feature = "testing"))]
 pub mod fuzz;
 #[doc(hidden)]
+#[cfg(any(test, fuzzing, feature = "testing"))]
 pub mod kat;
 mod kdf;
 mod keys;

@@ -73,19 +73,21 @@ impl KeyMaterial {
     }
 }
 
-/// The agreed secret and the KDF input it came from (the latter only for known-answer vectors;
-/// dropping the agreement wipes it).
+/// The agreed secret, and in test builds the KDF input it came from (for known-answer vectors;
+/// dropping the agreement wipes it). Release builds wipe the KDF input as soon as SK is derived.
 #[derive(Debug)]
 pub(crate) struct Agreement {
     /// SK (X3DH §3.3).
     pub(crate) shared_secret: Secret32,
     /// F ‖ DH1 ‖ DH2 ‖ DH3 [‖ DH4].
+    #[cfg(any(test, fuzzing, feature = "testing"))]
     pub(crate) key_material: KeyMaterial,
 }
 
 fn finish(key_material: KeyMaterial) -> Agreement {
     Agreement {
         shared_secret: kdf::x3dh_shared_secret(key_material.as_bytes()),
+        #[cfg(any(test, fuzzing, feature = "testing"))]
         key_material,
     }
 }

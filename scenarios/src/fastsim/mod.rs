@@ -539,7 +539,7 @@ impl Sim {
             .raft
             .as_mut()
             .expect("live");
-        let before = (node.status().role, node.status().term);
+        let before = (node.role(), node.term());
         f(node, now);
         self.after_step(id, before)
     }
@@ -565,9 +565,10 @@ impl Sim {
             }
         }
         let node = self.nodes[&id].raft.as_ref().expect("live");
-        let st = node.status();
-        let story = st.role == Role::Leader || before.0 == Role::Leader;
-        if self.cfg.trace && (st.role, st.term) != before && (story || self.trace.messages()) {
+        let (role, term) = (node.role(), node.term());
+        let story = role == Role::Leader || before.0 == Role::Leader;
+        if self.cfg.trace && (role, term) != before && (story || self.trace.messages()) {
+            let st = node.status();
             self.trace.line(
                 self.now,
                 format_args!(
@@ -580,8 +581,8 @@ impl Sim {
         let nodes = &self.nodes;
         self.checker
             .observe_commit_durable(node, |n| nodes.get(&n).map(|x| x.disk.state()))?;
-        if st.role == Role::Leader && st.term > self.leader_term_seen {
-            self.leader_term_seen = st.term;
+        if role == Role::Leader && term > self.leader_term_seen {
+            self.leader_term_seen = term;
             if let Some(count) = self.armed_replay.take() {
                 self.replay_old_frames(count);
             }
@@ -631,7 +632,7 @@ impl Sim {
             .raft
             .as_mut()
             .expect("live");
-        let before = (node.status().role, node.status().term);
+        let before = (node.role(), node.term());
         let r = f(node, now, unix_ms);
         self.after_step(id, before)?;
         Ok(r)
