@@ -132,7 +132,11 @@ fn main() {
         ..SimConfig::chaos(seed)
     })
     .print();
-    fast_row("chaos5: all faults", SimConfig::chaos).print();
+    fast_row("chaos5: all faults, uniform mix", SimConfig::chaos).print();
+    fast_row("chaos5 family: swarm profiles", |seed| {
+        paloma_scenarios::sweep::Family::Chaos5.config(seed)
+    })
+    .print();
     #[cfg(madsim)]
     {
         madsim_row("5 nodes, no faults (baseline)", false).print();
