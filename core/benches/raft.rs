@@ -1,4 +1,4 @@
-//! Raft core throughput and commit latency (issue 2, item 8): `cargo bench -p paloma-core --bench raft`.
+//! Raft core throughput and commit latency: `cargo bench -p paloma-core --bench raft`.
 //!
 //! An in-memory cluster of `RaftNode`s over `MemStorage`, driven by the documented loop (drain every
 //! output after every input, acknowledge each persist batch once `MemStorage` holds it) on a

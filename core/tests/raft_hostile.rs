@@ -1,4 +1,4 @@
-//! Regression tests for the Raft review's findings: hostile extreme values are dropped and counted,
+//! Regression tests for hostile input: hostile extreme values are dropped and counted,
 //! and a leader's messages wait until its term is durable.
 
 use paloma_core::fuzz::LastCommand;

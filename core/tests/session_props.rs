@@ -1,4 +1,4 @@
-//! Property tests of the session layer (issue 3, "Tests"): delivery under an adversarial network,
+//! Property tests of the session layer: delivery under an adversarial network,
 //! tampering, compromised message keys and post-compromise recovery.
 
 use paloma_core::session::kat::{self, XofEntropy};

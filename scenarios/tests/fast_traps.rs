@@ -1,4 +1,4 @@
-//! The known Raft traps (`../shared/notes/raft-checklist.md`) as deterministic scenarios on the fast
+//! The known Raft traps (etcd raft's interaction tests, the Raft paper's Figure 8, Jepsen's etcd analyses) as deterministic scenarios on the fast
 //! simulator. Each drives the cluster into the trap, asserts what must (not) happen, then lets the
 //! run finish so the safety checkers, the liveness phase and the linearizability check all apply.
 

@@ -1,4 +1,4 @@
-//! Raft configuration: plain data, validated once (STYLE.md principle 13).
+//! Raft configuration: plain data, validated once (ARCHITECTURE.md, "Identifiers and configuration").
 
 use crate::ids::NodeId;
 use std::time::Duration;

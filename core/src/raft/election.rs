@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, VecDeque};
 
 /// Terms and indexes beyond 2^62 cannot arise in a real cluster (a billion entries a second for
 /// 146 years); a peer that sends one is hostile or broken, and accepting it would overflow the
-/// arithmetic on terms and indexes (review findings 2-4).
+/// arithmetic on terms and indexes (a hostile peer must not overflow them).
 const PLAUSIBLE_MAX: u64 = 1 << 62;
 
 fn plausible(env: &Envelope) -> bool {
@@ -70,7 +70,7 @@ impl<S: StateMachine> RaftNode<S> {
                 Body::PreVoteResp(VoteResponse { granted: true }) => {}
                 Body::Vote(req) if self.in_lease() && !req.transfer => {
                     // Leader stickiness: a node that heard from a leader within the election timeout
-                    // neither votes nor adopts the term (disruptive rejoiner, checklist 5).
+                    // neither votes nor adopts the term (disruptive rejoiner, thesis §9.6; etcd `checkquorum.txt`).
                     self.stats.votes_ignored_in_lease += 1;
                     return;
                 }

@@ -2,7 +2,7 @@
 //!
 //! A frame is one version byte followed by a postcard-encoded [`Envelope`]; postcard is not
 //! self-describing, so the version byte is what lets a rolling upgrade read the previous format
-//! (STYLE.md principle 15). Decoding never panics: malformed input is a typed error that the caller
+//! (ARCHITECTURE.md, "Versioned formats"). Decoding never panics: malformed input is a typed error that the caller
 //! counts and drops.
 
 use crate::ids::{LogId, LogIndex, NodeId, ReadId, Term};

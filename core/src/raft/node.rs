@@ -16,7 +16,7 @@ use crate::storage::{PersistBatch, PersistOp, Recovered};
 use crate::time::Instant;
 use std::collections::{BTreeMap, VecDeque};
 
-/// Counters of everything unusual (STYLE.md principle 7: drop, count, keep serving).
+/// Counters of everything unusual (ARCHITECTURE.md, "Errors": drop, count, keep serving).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Stats {
     /// Frames that did not decode.
@@ -196,7 +196,7 @@ pub(crate) struct LeaderState {
     /// Until when the lease (ReadMode::LeaseBased) lets the leader answer reads alone.
     pub lease_until: Option<Instant>,
     /// TimeoutNow went out this term: its target campaigns past leader stickiness, so the lease
-    /// means nothing for the rest of this leadership (review finding 7).
+    /// means nothing for the rest of this leadership (thesis §3.10 with §6.4.1).
     pub lease_revoked: bool,
 }
 
@@ -598,7 +598,7 @@ impl<S: StateMachine> RaftNode<S> {
         self.now
     }
 
-    /// Asserts the node's internal invariants (STYLE.md principle 8). Called after every step in
+    /// Asserts the node's internal invariants (TigerBeetle's assertion discipline; ARCHITECTURE.md, "Errors"). Called after every step in
     /// tests and simulation; cheap enough to keep on.
     pub fn check_invariants(&self) {
         let snap = self.log.snapshot().meta.last.index;
@@ -698,7 +698,7 @@ impl<S: StateMachine> RaftNode<S> {
             // A leader's messages need nothing of its log on disk (thesis §10.2.1), but they carry
             // its term, which must be durable first: a single voter wins the election in the same
             // step it enters the term, and a crash before that write must not leave two leaders'
-            // entries under one term on a learner (review finding 1).
+            // entries under one term on a learner (Raft Figure 2: persist before responding, here before leading).
             if self.term_seq > self.persist_durable {
                 self.term_seq
             } else {
@@ -758,7 +758,7 @@ impl<S: StateMachine> RaftNode<S> {
         }
     }
 
-    /// Truncates the log from `from` (a real conflict only, never at or below commit: checklist 7).
+    /// Truncates the log from `from` (a real conflict only, never at or below commit: Raft §5.3; openraft 9540c904).
     pub(crate) fn truncate_log(&mut self, from: LogIndex) {
         assert!(
             from > self.commit,
@@ -896,7 +896,7 @@ impl<S: StateMachine> RaftNode<S> {
     }
 
     /// Draws a fresh election deadline in `[t, 2t)` (Raft §5.2); none for non-voters, which never
-    /// campaign (a removed or learner node must not disrupt: checklist 4).
+    /// campaign (a removed or learner node must not disrupt: thesis §4.2.3; etcd `confchange_v1_remove_leader.txt`).
     pub(crate) fn reset_election_deadline(&mut self) {
         if self.lead.is_some() || self.removed || !self.log.membership().is_voter(self.id) {
             self.election_deadline = None;

@@ -78,7 +78,7 @@ impl<S: StateMachine> RaftNode<S> {
             commit,
         } = req;
         // Entries at or below our commit are committed and therefore already ours (Log Matching);
-        // skip them so a stale or compacted prefix never causes a truncation (checklist 7).
+        // skip them so a stale or compacted prefix never causes a truncation (etcd TestLogReplicationWithReorderedMessage).
         if prev.index < self.commit {
             let skip = usize::try_from(self.commit.0 - prev.index.0)
                 .unwrap_or(usize::MAX)

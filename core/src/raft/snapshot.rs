@@ -108,7 +108,7 @@ impl<S: StateMachine> RaftNode<S> {
             return;
         };
         if ack.done && ack.last.index < last.index {
-            // A duplicated acknowledgement of an older transfer (review finding 11).
+            // A duplicated acknowledgement of an older transfer (the network duplicates and reorders).
             self.stats.messages_stale += 1;
             return;
         }

@@ -33,7 +33,7 @@ pub trait StateMachine {
 #[error("snapshot could not be decoded: {0}")]
 pub struct SnapshotDecodeError(pub String);
 
-/// Version tag of the snapshot envelope (STYLE.md principle 15).
+/// Version tag of the snapshot envelope (ARCHITECTURE.md, "Versioned formats").
 const SNAPSHOT_VERSION: u8 = 1;
 
 /// The outcome of applying one command through the de-duplication table.

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 
 /// One replicated log entry. `unix_ms` is the leader's wall clock when it appended the entry, so
-/// every replica that applies it sees the same time (DESIGN.md §2, TigerBeetle style).
+/// every replica that applies it sees the same time (TigerBeetle style; ARCHITECTURE.md, "Determinism").
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Entry {
     /// Position and term.
