@@ -1,7 +1,7 @@
 //! Elections: pre-vote (thesis §9.6), votes (Raft §5.2, §5.4.1), check-quorum and leader
 //! stickiness (thesis §6.2 / §9.6), and the dispatch of every incoming message by term.
 
-use crate::ids::{LogIndex, NodeId, Term};
+use crate::ids::{LogId, LogIndex, NodeId, Term};
 use crate::io::Role;
 use crate::raft::message::{Body, Envelope, VoteRequest, VoteResponse};
 use crate::raft::node::{LeaderState, RaftNode};
@@ -31,7 +31,8 @@ fn plausible(env: &Envelope) -> bool {
             Body::HeartbeatResp(h) => idx(h.last_index),
             Body::Snapshot(c) => ok(c.meta.last),
             Body::SnapshotResp(a) => ok(a.last),
-            Body::ReadIndexResp(_, Some(i)) | Body::Removed { config: i } => idx(*i),
+            Body::ReadIndexResp(_, Some(i)) => idx(*i),
+            Body::Removed { config } => ok(*config),
             Body::PreVoteResp(_)
             | Body::VoteResp(_)
             | Body::TimeoutNow
@@ -334,32 +335,44 @@ impl<S: StateMachine> RaftNode<S> {
             .collect()
     }
 
-    /// The index of our committed configuration if it leaves `from` out and comes after the
-    /// candidate's whole log (`last_log`). Then `from` was removed: it joined at an entry or
-    /// snapshot it holds, so at or before `last_log`, and every configuration committed after that
-    /// descends from the one that added it; ids are never reused. A configuration older than the
-    /// candidate's log proves nothing (we may simply lag behind its addition).
-    fn removal_known(&self, from: NodeId, last_log: crate::ids::LogId) -> Option<LogIndex> {
-        let config = self.log.membership_index();
-        (config <= self.commit && config > last_log.index && !self.log.membership().contains(from))
-            .then_some(config)
+    /// Our committed configuration entry if it leaves `from` out and the candidate's log, which
+    /// ends at `last_log`, cannot hold it: it lies past that log, or in a later term than the
+    /// log's last entry. Then `from` was removed. Proof sketch: `from` joined through an entry it
+    /// holds; had that entry come after ours in the committed chain, the leader that appended it
+    /// held ours (leader completeness), so `from` would hold ours too (log matching). So its
+    /// joining came first, and ours, which descends from it, removed it; ids are never reused.
+    /// An entry the candidate may hold proves nothing (we may simply lag behind its addition).
+    fn removal_known(&self, from: NodeId, last_log: LogId) -> Option<LogId> {
+        let index = self.log.membership_index();
+        if index > self.commit || index == LogIndex(0) || self.log.membership().contains(from) {
+            return None;
+        }
+        let term = self.log.term(index).unwrap_or_default();
+        let cannot_hold = index > last_log.index || last_log.term < term;
+        cannot_hold.then_some(LogId::new(term, index))
     }
 
-    /// Someone's committed configuration at `config` leaves us out. Trust it when `config` lies
-    /// past our whole log, whatever the terms: by the argument of `removal_known` we were removed
-    /// (thesis §4.2.2 notes a removed server is otherwise never told). Never campaign again.
-    fn on_removed(&mut self, from: NodeId, config: LogIndex) {
-        if self.removed || config <= self.log.last_index() {
+    /// Someone's committed configuration entry `config` leaves us out. Trust it when our log
+    /// cannot hold that entry, whatever the terms: by the argument of `removal_known` we were
+    /// removed (thesis §4.2.2 notes a removed server is otherwise never told). Never campaign
+    /// again.
+    fn on_removed(&mut self, from: NodeId, config: LogId) {
+        let last = self.log.last_id();
+        let cannot_hold = config.index > last.index || last.term < config.term;
+        if self.removed || !cannot_hold {
             self.stats.messages_stale += 1;
             return;
         }
-        tracing::info!(node = %self.id, by = %from, %config, "removed from the cluster");
+        tracing::info!(node = %self.id, by = %from, ?config, "removed from the cluster");
         self.removed = true;
         self.election_deadline = None;
         // What we proposed will never reach us now: its outcome is unknown here.
         let pending = std::mem::take(&mut self.local_proposals);
         self.drop_proposals(pending, crate::io::DropReason::Removed);
-        self.emit(crate::io::Event::Removed { by: from, config });
+        self.emit(crate::io::Event::Removed {
+            by: from,
+            config: config.index,
+        });
     }
 
     fn on_pre_vote(&mut self, from: NodeId, term: Term, req: VoteRequest) {

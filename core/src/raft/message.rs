@@ -55,12 +55,12 @@ pub enum Body {
     ReadIndex(ReadId),
     /// The leader's answer: the index to wait for, or `None` if it cannot serve reads now.
     ReadIndexResp(ReadId, Option<LogIndex>),
-    /// The answer to a (pre-)vote from a node outside the sender's committed configuration,
-    /// which sits at index `config`, past the candidate's whole log: you were removed (thesis
-    /// §4.2.2). Appended last so earlier variants keep their tags.
+    /// The answer to a (pre-)vote from a node outside the sender's committed configuration
+    /// entry `config`, an entry the candidate's log cannot hold: you were removed (thesis §4.2.2).
+    /// Appended last so earlier variants keep their tags.
     Removed {
-        /// The index of the committed configuration that leaves the candidate out.
-        config: LogIndex,
+        /// The committed configuration entry that leaves the candidate out.
+        config: LogId,
     },
 }
 
@@ -111,7 +111,7 @@ impl std::fmt::Display for Body {
             Body::TimeoutNow => f.write_str("TimeoutNow"),
             Body::ReadIndex(id) => write!(f, "ReadIndex {id}"),
             Body::ReadIndexResp(id, idx) => write!(f, "ReadIndexResp {id} {idx:?}"),
-            Body::Removed { config } => write!(f, "Removed config={}", config.0),
+            Body::Removed { config } => write!(f, "Removed config={config:?}"),
         }
     }
 }
