@@ -24,7 +24,8 @@
 //!   snapshot acknowledgement only once the snapshot is durable;
 //! - a node never grants votes to two candidates in one term, across restarts (seen on the wire);
 //! - every index a leader reports committed is durable, with the leader's term at that index, on
-//!   a quorum of the configuration it was committed under (the leader's at that moment).
+//!   a quorum of the configuration it was committed under (the leader's at that moment), and
+//!   a leader advances its commit index only to an entry of its own term (Raft §5.4.2, Figure 8).
 
 use paloma_core::io::Role;
 use paloma_core::raft::message::{AppendResponse, Body, Envelope};
@@ -205,6 +206,14 @@ impl SafetyChecker {
         let Some(term) = node.log().term(index) else {
             return Ok(());
         };
+        // Raft §5.4.2 (Figure 8): a leader advances its commit index only to an entry of its own
+        // term, counted on a quorum; older entries commit only beneath it.
+        if term != st.term {
+            return Err(Violation(format!(
+                "{}: leader of {} advanced its commit index to {index}, an entry of {term} (Figure 8)",
+                st.id, st.term
+            )));
+        }
         let holders: Vec<NodeId> = st
             .membership
             .voters
