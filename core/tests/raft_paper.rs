@@ -25,7 +25,7 @@ use paloma_core::raft::{Config, Entry, Payload};
 use paloma_core::storage::{PersistOp, Recovered};
 use paloma_core::{ClientId, LogId, LogIndex, NodeId, Term};
 use std::time::Duration;
-use support::{is_election, msg, n, noop, recovered_with_log, Cluster, ET};
+use support::{campaign_only, msg, n, noop, recovered_with_log, Cluster, ET};
 
 // ----- helpers -----------------------------------------------------------------------------------
 
@@ -99,19 +99,6 @@ fn cluster_with_log(size: u64, terms: &[u64], term: u64, tweak: fn(&mut Config))
         .map(|id| (n(*id), recovered_with_log(&voters, terms, term)))
         .collect();
     Cluster::from_states(states, tweak)
-}
-
-/// Makes `id` campaign and delivers only election traffic, so the new leader's first appends stay
-/// in flight for the test to schedule.
-fn campaign_only(c: &mut Cluster, id: NodeId) {
-    for _ in 0..5 {
-        c.tick(id);
-        c.deliver_matching(is_election);
-        if c.status(id).role == Role::Leader {
-            return;
-        }
-    }
-    panic!("{id} could not win an election: {:?}", c.status(id));
 }
 
 /// A three-node cluster (plain algorithm) where n1 is in `role` at term 1 and nothing is in flight.

@@ -13,29 +13,16 @@ use paloma_core::raft::{
     Membership, MembershipChange, MembershipError, ProposeError, TransferError,
 };
 use paloma_core::storage::PersistOp;
-use paloma_core::{LogId, LogIndex, NodeId, ReadId, Term};
+use paloma_core::{LogId, LogIndex, ReadId, Term};
 use proptest::prelude::*;
 use std::time::Duration;
 use support::{
-    is_election, is_truncate, kind, lagging_follower_behind_snapshot, n, recovered_with_log,
+    campaign_only, is_truncate, kind, lagging_follower_behind_snapshot, n, recovered_with_log,
     Cluster, ET,
 };
 
 fn append_carries(m: &Envelope, index: u64) -> bool {
     matches!(&m.body, Body::Append(req) if req.entries.iter().any(|e| e.index() >= LogIndex(index)))
-}
-
-/// Makes `id` campaign and delivers only election traffic, so the new leader's first appends stay
-/// in flight for the test to schedule.
-fn campaign_only(c: &mut Cluster, id: NodeId) {
-    for _ in 0..5 {
-        c.tick(id);
-        c.deliver_matching(is_election);
-        if c.status(id).role == Role::Leader {
-            return;
-        }
-    }
-    panic!("{id} could not win an election: {:?}", c.status(id));
 }
 
 fn total_leaderships(c: &Cluster) -> u64 {

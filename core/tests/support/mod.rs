@@ -888,6 +888,19 @@ pub fn is_truncate(op: &PersistOp) -> bool {
 /// The election timeout of the default configuration, the unit the scripted tests count in.
 pub const ET: Duration = Duration::from_millis(1000);
 
+/// Makes `id` campaign and delivers only election traffic, so the new leader's first appends stay
+/// in flight for the test to schedule.
+pub fn campaign_only(c: &mut Cluster, id: NodeId) {
+    for _ in 0..5 {
+        c.tick(id);
+        c.deliver_matching(is_election);
+        if c.status(id).role == Role::Leader {
+            return;
+        }
+    }
+    panic!("{id} could not win an election: {:?}", c.status(id));
+}
+
 /// Election traffic: pre-votes, votes and their answers.
 pub fn is_election(m: &Envelope) -> bool {
     matches!(
