@@ -190,13 +190,16 @@ impl SafetyChecker {
         if node.role() != Role::Leader {
             return Ok(());
         }
-        let st = node.status();
-        let checked = self.leader_commit_checked.entry(st.id).or_default();
-        if checked.0 == st.term && checked.1 >= st.commit {
+        // Runs after every step of every leader: look at the whole status only when the commit
+        // index moved (`status()` copies the membership).
+        let (id, leader_term, commit) = (node.id(), node.term(), node.commit());
+        let checked = self.leader_commit_checked.entry(id).or_default();
+        if checked.0 == leader_term && checked.1 >= commit {
             return Ok(());
         }
-        let first_look = checked.0 != st.term;
-        *checked = (st.term, st.commit);
+        let first_look = checked.0 != leader_term;
+        *checked = (leader_term, commit);
+        let st = node.status();
         // A leader's commit index at election was learned, not decided: only advances count.
         if first_look {
             return Ok(());

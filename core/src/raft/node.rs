@@ -556,6 +556,12 @@ impl<S: StateMachine> RaftNode<S> {
         }
     }
 
+    /// This replica's id.
+    #[must_use]
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
     /// The role (cheaper than `status()`, which copies the membership).
     #[must_use]
     pub fn role(&self) -> Role {
@@ -566,6 +572,12 @@ impl<S: StateMachine> RaftNode<S> {
     #[must_use]
     pub fn term(&self) -> Term {
         self.term
+    }
+
+    /// The commit index.
+    #[must_use]
+    pub fn commit(&self) -> LogIndex {
+        self.commit
     }
 
     /// The log, for checkers and tests.
@@ -598,7 +610,8 @@ impl<S: StateMachine> RaftNode<S> {
         self.now
     }
 
-    /// Asserts the node's internal invariants (TigerBeetle's assertion discipline; ARCHITECTURE.md, "Errors"). Called after every step in
+    /// Asserts the node's internal invariants (TigerBeetle's assertion discipline; ARCHITECTURE.md,
+    /// "Errors"). Called after every step in
     /// tests and simulation; cheap enough to keep on.
     pub fn check_invariants(&self) {
         let snap = self.log.snapshot().meta.last.index;
@@ -698,7 +711,8 @@ impl<S: StateMachine> RaftNode<S> {
             // A leader's messages need nothing of its log on disk (thesis §10.2.1), but they carry
             // its term, which must be durable first: a single voter wins the election in the same
             // step it enters the term, and a crash before that write must not leave two leaders'
-            // entries under one term on a learner (Raft Figure 2: persist before responding, here before leading).
+            // entries under one term on a learner (Raft Figure 2: persist before responding,
+            // here before leading).
             if self.term_seq > self.persist_durable {
                 self.term_seq
             } else {
@@ -758,7 +772,8 @@ impl<S: StateMachine> RaftNode<S> {
         }
     }
 
-    /// Truncates the log from `from` (a real conflict only, never at or below commit: Raft §5.3; openraft 9540c904).
+    /// Truncates the log from `from` (a real conflict only, never at or below commit: Raft §5.3;
+    /// openraft 9540c904).
     pub(crate) fn truncate_log(&mut self, from: LogIndex) {
         assert!(
             from > self.commit,
@@ -896,7 +911,8 @@ impl<S: StateMachine> RaftNode<S> {
     }
 
     /// Draws a fresh election deadline in `[t, 2t)` (Raft §5.2); none for non-voters, which never
-    /// campaign (a removed or learner node must not disrupt: thesis §4.2.3; etcd `confchange_v1_remove_leader.txt`).
+    /// campaign (a removed or learner node must not disrupt: thesis §4.2.3; etcd
+    /// `confchange_v1_remove_leader.txt`).
     pub(crate) fn reset_election_deadline(&mut self) {
         if self.lead.is_some() || self.removed || !self.log.membership().is_voter(self.id) {
             self.election_deadline = None;
@@ -990,15 +1006,15 @@ impl<S: StateMachine> RaftNode<S> {
                         client: *client,
                     };
                     let applied = self.dedup.apply(&mut self.sm, &ctx, *seq, data);
-                    if proposed_here
-                        == Some(Proposal::Command {
-                            client: *client,
-                            seq: *seq,
-                        })
-                    {
-                        let proposal = Proposal::Command {
-                            client: *client,
-                            seq: *seq,
+                    let proposal = Proposal::Command {
+                        client: *client,
+                        seq: *seq,
+                    };
+                    if proposed_here == Some(proposal) {
+                        let refused = |reason| Event::ProposalDropped {
+                            index,
+                            proposal,
+                            reason,
                         };
                         applied_event = Some(match applied {
                             Applied::Fresh(response) | Applied::Duplicate(response) => {
@@ -1009,16 +1025,8 @@ impl<S: StateMachine> RaftNode<S> {
                                     response,
                                 }
                             }
-                            Applied::Stale => Event::ProposalDropped {
-                                index,
-                                proposal,
-                                reason: DropReason::Stale,
-                            },
-                            Applied::SessionExpired => Event::ProposalDropped {
-                                index,
-                                proposal,
-                                reason: DropReason::SessionExpired,
-                            },
+                            Applied::Stale => refused(DropReason::Stale),
+                            Applied::SessionExpired => refused(DropReason::SessionExpired),
                         });
                     }
                 }

@@ -204,7 +204,8 @@ impl<S: StateMachine> RaftNode<S> {
 
     /// Reads forwarded more than an election timeout ago are presumed lost, and confirmed reads
     /// whose index was not applied within an election timeout (a follower cut off after the leader
-    /// answered) fail: a read never waits forever (thesis §6.4: a read that cannot be confirmed is failed, not held).
+    /// answered) fail: a read never waits forever (thesis §6.4: a read that cannot be confirmed is
+    /// failed, not held).
     pub(crate) fn expire_reads(&mut self) {
         let timeout = self.cfg.election_timeout;
         let now = self.now;
