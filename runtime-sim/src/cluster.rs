@@ -14,7 +14,7 @@
 
 use crate::clock::{DriftClock, DRIFT_PPM_MAX};
 use crate::disk::{CrashMode, CrashReport, SimDisk};
-use crate::node::{self, lock, ClientError, Env, NodeSlot, Observer, Request};
+use crate::node::{self, lock, Env, NodeSlot, Observer};
 use crate::trace::Trace;
 use madsim::net::NetSim;
 use madsim::rand::Rng as _;
@@ -22,6 +22,7 @@ use madsim::runtime::{Handle, NodeHandle};
 use paloma_core::io::Role;
 use paloma_core::raft::{Config, StateMachine, Status};
 use paloma_core::{ClientId, NodeId};
+use paloma_runtime_tokio::driver::{ClientError, NodeHandle as Driven};
 use std::any::Any;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -29,7 +30,6 @@ use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::{mpsc, oneshot};
 
 /// How a simulated cluster behaves.
 #[derive(Clone, Debug)]
@@ -40,6 +40,10 @@ pub struct SimConfig {
     pub fsync_latency: Range<Duration>,
     /// Each node's clock runs `1 ± drift` with `drift` drawn uniformly up to this, in ppm.
     pub drift_ppm_max: i32,
+    /// Probability in parts per million that an fsync stalls (a dying disk, a busy volume).
+    pub fsync_stall_ppm: u32,
+    /// A stall adds up to this much to the fsync.
+    pub fsync_stall_max: Duration,
     /// The UDP port every node listens on.
     pub port: u16,
     /// How a [`Cluster::kill`] treats unsynced writes; drawn among these.
@@ -54,6 +58,8 @@ impl Default for SimConfig {
             raft: SimConfig::raft_defaults(),
             fsync_latency: Duration::from_micros(200)..Duration::from_millis(3),
             drift_ppm_max: 200,
+            fsync_stall_ppm: 0,
+            fsync_stall_max: Duration::ZERO,
             port: 7000,
             crash_modes: CrashMode::ALL.to_vec(),
             record_trace: false,
@@ -98,7 +104,7 @@ impl<S: StateMachine> std::fmt::Debug for Cluster<S> {
     }
 }
 
-impl<S: StateMachine + 'static> Cluster<S> {
+impl<S: StateMachine + Send + 'static> Cluster<S> {
     /// Starts nodes `1..=n` as the voters of a new cluster, each with an empty disk.
     ///
     /// # Panics
@@ -129,7 +135,7 @@ impl<S: StateMachine + 'static> Cluster<S> {
             observer,
             make_sm: Arc::new(make_sm),
             epoch,
-            duplicate_ppm: AtomicU64::new(0),
+            duplicate_ppm: Arc::new(AtomicU64::new(0)),
             cfg,
         });
         let mut rng = madsim::rand::thread_rng();
@@ -148,9 +154,10 @@ impl<S: StateMachine + 'static> Cluster<S> {
                 addr: addr(id),
                 disk: SimDisk::new(),
                 clock: DriftClock::new(drift),
-                inbox: Mutex::new(None),
+                handle: Mutex::new(None),
                 status: Mutex::new(None),
                 incarnations: AtomicU64::new(0),
+                replay: Arc::new(AtomicU64::new(0)),
             });
             env.trace.line(
                 env.t(),
@@ -300,7 +307,7 @@ impl<S: StateMachine + 'static> Cluster<S> {
         lock(&self.down).insert(id);
         Handle::current().kill(self.mid(id));
         let slot = self.slot(id);
-        *lock(&slot.inbox) = None;
+        *lock(&slot.handle) = None;
         *lock(&slot.status) = None;
     }
 
@@ -399,14 +406,29 @@ impl<S: StateMachine + 'static> Cluster<S> {
         self.env.duplicate_ppm.store(ppm, Ordering::Relaxed);
     }
 
+    /// The stale-replay fault: `id` sends its `count` oldest remembered frames again with its next
+    /// frame (messages from an earlier term arriving after a leader change).
+    pub fn replay_old_frames(&self, id: NodeId, count: u64) {
+        self.note(format_args!(
+            "stale replay: {id} resends {count} old frames"
+        ));
+        self.slot(id).replay.store(count, Ordering::Relaxed);
+    }
+
     // ----- clients ----------------------------------------------------------------------------
 
-    fn inbox(&self, id: NodeId) -> Option<mpsc::Sender<Request<S>>> {
-        lock(&self.slot(id).inbox).clone()
+    /// The running node's handle.
+    fn handle(&self, id: NodeId) -> Result<Driven<S>, ClientError> {
+        lock(&self.slot(id).handle)
+            .clone()
+            .ok_or(ClientError::NodeDown)
     }
 
     /// Proposes `data` as `(client, seq)` on `node` and waits for it to apply there, at most
     /// `timeout`. Retrying with the same `(client, seq)` is safe: it applies once.
+    ///
+    /// # Errors
+    /// Why it did not apply, or that its outcome is unknown (`paloma_runtime_tokio::ClientError`).
     pub async fn propose(
         &self,
         node: NodeId,
@@ -415,44 +437,46 @@ impl<S: StateMachine + 'static> Cluster<S> {
         data: Vec<u8>,
         timeout: Duration,
     ) -> Result<Vec<u8>, ClientError> {
-        let inbox = self.inbox(node).ok_or(ClientError::NodeDown)?;
-        let (reply, rx) = oneshot::channel();
-        inbox
-            .send(Request::Propose {
-                client,
-                seq,
-                data,
-                reply,
-            })
-            .await
-            .map_err(|_| ClientError::NodeDown)?;
-        match madsim::time::timeout(timeout, rx).await {
-            Ok(Ok(result)) => result,
-            Ok(Err(_)) => Err(ClientError::NodeDown),
-            Err(_) => Err(ClientError::Timeout),
-        }
+        self.handle(node)?.propose(client, seq, data, timeout).await
     }
 
     /// A linearizable read on `node` (ReadIndex through the leader): `query` runs on the node's
     /// state machine once the read is safe.
+    ///
+    /// # Errors
+    /// Why the read was not served.
     pub async fn read<R: Any + Send>(
         &self,
         node: NodeId,
         query: impl FnOnce(&S) -> R + Send + 'static,
         timeout: Duration,
     ) -> Result<R, ClientError> {
-        let inbox = self.inbox(node).ok_or(ClientError::NodeDown)?;
-        let (reply, rx) = oneshot::channel();
-        let query: node::Query<S> =
-            Box::new(move |sm: &S| Box::new(query(sm)) as Box<dyn Any + Send>);
-        inbox
-            .send(Request::Read { query, reply })
-            .await
-            .map_err(|_| ClientError::NodeDown)?;
-        match madsim::time::timeout(timeout, rx).await {
-            Ok(Ok(result)) => result.map(|b| *b.downcast::<R>().expect("the query's own type")),
-            Ok(Err(_)) => Err(ClientError::NodeDown),
-            Err(_) => Err(ClientError::Timeout),
-        }
+        self.handle(node)?.read(query, timeout).await
+    }
+
+    /// Changes membership by one server through `node` (it must lead); resolves once appended.
+    ///
+    /// # Errors
+    /// Why the change was refused.
+    pub async fn change_membership(
+        &self,
+        node: NodeId,
+        change: paloma_core::raft::MembershipChange,
+        timeout: Duration,
+    ) -> Result<paloma_core::LogIndex, ClientError> {
+        self.handle(node)?.change_membership(change, timeout).await
+    }
+
+    /// Asks `node` (the leader) to hand leadership to `to`.
+    ///
+    /// # Errors
+    /// Why the transfer was refused.
+    pub async fn transfer_leadership(
+        &self,
+        node: NodeId,
+        to: NodeId,
+        timeout: Duration,
+    ) -> Result<(), ClientError> {
+        self.handle(node)?.transfer_leadership(to, timeout).await
     }
 }

@@ -5,8 +5,9 @@
 //! - [`clock`]: per-node clock drift;
 //! - [`trace`]: the one-line-per-event trace (`PALOMA_TRACE=1`);
 //! - under `--cfg madsim` only: [`cluster`] (nodes at `10.0.0.<id>`, partitions, kill/restart,
-//!   duplication, client API) and the node task that drives a `RaftNode` per the core's driving
-//!   contract over UDP with `RedbStorage` on the node's `SimDisk`.
+//!   duplication, client API) and the simulated parts of a node (`node.rs`): each node runs the
+//!   **production** driving loop of `paloma_runtime_tokio::driver`, with its UDP transport and its
+//!   group-committing persistence task, on madsim's network and the node's `SimDisk`.
 //!
 //! Build and run the simulated scenarios with `cargo simtest` (see `README.md`); without the cfg
 //! this crate holds only the madsim-free parts above.
@@ -24,6 +25,7 @@ mod node;
 pub use cluster::{Cluster, SimConfig};
 pub use disk::{CrashMode, CrashReport, SimDisk, SimDiskBackend};
 #[cfg(madsim)]
-pub use node::{ClientError, NoObserver, Observer};
+pub use node::{NoObserver, Observer};
+pub use paloma_runtime_tokio::ClientError;
 pub use paloma_runtime_tokio::{RedbStorage, StorageError};
 pub use trace::Trace;

@@ -1,42 +1,41 @@
-//! The node task: one incarnation of a replica inside a madsim node, looping exactly per the
-//! driving contract of `paloma_core` (crate docs there):
+//! One incarnation of a simulated node: the **production** driving loop
+//! (`paloma_runtime_tokio::driver`) with the simulated parts behind its traits. This file adds only
+//! what simulation needs:
 //!
-//! 1. feed one input: a UDP datagram (`handle_frame`), a client request (`propose` / `read`), or
-//!    the expiry of `poll_timeout`'s deadline (`Input::Timeout`);
-//! 2. drain `poll_output` until it is empty: `Persist` goes to redb on the node's [`SimDisk`]
-//!    (one write transaction per batch), then a simulated fsync latency, then the disk settles and
-//!    `Input::Persisted(seq)` goes back in; `Send` goes out as one datagram (sometimes two: our
-//!    duplication fault); `Event` answers clients and feeds the trace;
-//! 3. let the [`Observer`] check the node, then sleep until the next deadline or input.
+//! - [`SimTransport`]: the production [`UdpTransport`] on madsim's network, plus our duplication
+//!   fault (madsim has none);
+//! - [`SimClock`]: the node's drifting clock ([`DriftClock`]) over madsim's global clock;
+//! - [`SimPersister`]: the production [`RedbPersister`] (group commit on the persistence task) on
+//!   the node's [`SimDisk`], then a simulated fsync latency, then the disk settles: a crash during
+//!   the latency is a power cut during fsync;
+//! - [`SimHooks`]: the trace, the scenario's [`Observer`] and the status the cluster reads.
 //!
-//! Time is the global simulated clock scaled by the node's [`DriftClock`].
+//! Start-up (recovery, bootstrap of a new member) is here too; `paloma init` does the same in
+//! production.
 
 #![allow(clippy::disallowed_types)] // shared slots between the scenario and node tasks; see disk.rs.
 
-use crate::clock::DriftClock;
+use crate::clock::{DriftClock, UNIX_MS_EPOCH};
 use crate::cluster::SimConfig;
 use crate::disk::SimDisk;
 use crate::trace::Trace;
 use madsim::rand::Rng as _;
-use paloma_core::io::{Event, Input, Output, Role};
+use paloma_core::io::Event;
+use paloma_core::raft::message::Envelope;
 use paloma_core::raft::types::{HardState, Snapshot};
-use paloma_core::raft::{Config, Envelope, RaftNode, ReadError, StateMachine, Status};
+use paloma_core::raft::{Config, RaftNode, StateMachine, Status};
 use paloma_core::storage::{PersistBatch, PersistOp, Recovered, Storage};
-use paloma_core::{ClientId, Instant, NodeId, PersistSeq, ReadId};
-use paloma_runtime_tokio::{RedbStorage, StorageError};
-use std::any::Any;
-use std::collections::BTreeMap;
+use paloma_core::{Instant, NodeId, PersistSeq};
+use paloma_runtime_tokio::driver::{self, Clock, Hooks, NodeHandle, Parts, Transport};
+use paloma_runtime_tokio::net::UdpTransport;
+use paloma_runtime_tokio::{Persister, RedbPersister, RedbStorage, StorageError};
+use std::collections::{BTreeMap, VecDeque};
+use std::future::Future;
 use std::net::SocketAddr;
+use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
-use tokio::net::UdpSocket;
-use tokio::sync::{mpsc, oneshot};
-
-/// Client requests queued per node before senders wait.
-const REQUESTS_MAX: usize = 1024;
-/// The wall clock stamped into entries is this plus the node's monotonic clock (deterministic).
-const UNIX_MS_BASE: u64 = 1_700_000_000_000;
 
 /// Watches every node after every step (the scenario's safety checkers). A method that finds a
 /// violation panics: madsim then stops the run and prints the seed.
@@ -59,62 +58,19 @@ impl<S: StateMachine> Observer<S> for NoObserver {
     fn restarted(&self, _: NodeId) {}
 }
 
-/// Why a client request did not get an answer.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum ClientError {
-    /// The node is not the leader; try `0` if known. Nothing was appended.
-    #[error("not the leader (leader: {0:?})")]
-    NotLeader(Option<NodeId>),
-    /// The node refused the request (backpressure, transfer, size). Nothing was appended.
-    #[error("refused: {0}")]
-    Refused(String),
-    /// The command was appended but the node stopped leading before it applied: it may or may not
-    /// take effect. Retry with the same `(client, seq)`.
-    #[error("outcome unknown: leadership lost")]
-    LeadershipLost,
-    /// No answer in time (the command may or may not take effect).
-    #[error("timed out")]
-    Timeout,
-    /// The node is down or crashed while the request was pending.
-    #[error("node down")]
-    NodeDown,
-    /// The read could not be served; retry.
-    #[error("read failed")]
-    ReadFailed,
-    /// The node reported that the command will never apply here (`Event::ProposalDropped`):
-    /// truncated, covered by a snapshot, removed, or refused by de-duplication.
-    #[error("dropped: {0:?}")]
-    Dropped(paloma_core::io::DropReason),
-}
-
-/// A read's query, run on the state machine when the read is linearizable.
-pub(crate) type Query<S> = Box<dyn FnOnce(&S) -> Box<dyn Any + Send> + Send>;
-
-/// A request from a scenario's client to one node.
-pub(crate) enum Request<S> {
-    Propose {
-        client: ClientId,
-        seq: u64,
-        data: Vec<u8>,
-        reply: oneshot::Sender<Result<Vec<u8>, ClientError>>,
-    },
-    Read {
-        query: Query<S>,
-        reply: oneshot::Sender<Result<Box<dyn Any + Send>, ClientError>>,
-    },
-}
-
 /// What the cluster and every incarnation of one node share.
 pub(crate) struct NodeSlot<S> {
     pub id: NodeId,
     pub addr: SocketAddr,
     pub disk: SimDisk,
     pub clock: DriftClock,
-    /// The running incarnation's request inbox.
-    pub inbox: Mutex<Option<mpsc::Sender<Request<S>>>>,
+    /// The running incarnation's handle; `None` while down.
+    pub handle: Mutex<Option<NodeHandle<S>>>,
     /// The running incarnation's status after its last step; `None` while down.
     pub status: Mutex<Option<Status>>,
     pub incarnations: AtomicU64,
+    /// Old frames the node is asked to send again (the stale-replay fault).
+    pub replay: Arc<AtomicU64>,
 }
 
 /// What the cluster and all node tasks share.
@@ -127,7 +83,7 @@ pub(crate) struct Env<S> {
     pub make_sm: Arc<dyn Fn() -> S + Send + Sync>,
     pub epoch: std::time::Instant,
     /// Probability in parts per million that a datagram is sent twice.
-    pub duplicate_ppm: AtomicU64,
+    pub duplicate_ppm: Arc<AtomicU64>,
 }
 
 impl<S> Env<S> {
@@ -150,7 +106,10 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 /// One incarnation of a node; returns only if its storage fails.
-pub(crate) async fn run<S: StateMachine + 'static>(env: Arc<Env<S>>, slot: Arc<NodeSlot<S>>) {
+pub(crate) async fn run<S: StateMachine + Send + 'static>(
+    env: Arc<Env<S>>,
+    slot: Arc<NodeSlot<S>>,
+) {
     let id = slot.id;
     let incarnation = slot.incarnations.fetch_add(1, Ordering::Relaxed) + 1;
     // A SimDisk that redb cannot open after a crash would be a real finding: fail loudly.
@@ -195,295 +154,261 @@ pub(crate) async fn run<S: StateMachine + 'static>(env: Arc<Env<S>>, slot: Arc<N
         id,
         ..env.cfg.raft.clone()
     };
-    let frame_bytes_max = cfg.frame_bytes_max;
-    let now = slot.clock.local(env.elapsed());
-    let node = RaftNode::new(cfg, recovered, (env.make_sm)(), seed, now)
+    let clock = SimClock {
+        epoch: env.epoch,
+        drift: slot.clock,
+    };
+    let node = RaftNode::new(cfg, recovered, (env.make_sm)(), seed, clock.now())
         .unwrap_or_else(|e| panic!("{id}: cannot start from its recovered state: {e}"));
-    let sock = UdpSocket::bind(slot.addr)
+    let udp = UdpTransport::bind(slot.addr, env.peers.clone())
         .await
         .unwrap_or_else(|e| panic!("{id}: bind {}: {e}", slot.addr));
-    let (tx, mut rx) = mpsc::channel(REQUESTS_MAX);
-    *lock(&slot.inbox) = Some(tx);
-    let mut d = Driver {
-        env,
-        slot,
-        node,
-        storage,
-        sock,
-        proposals: BTreeMap::new(),
-        reads: BTreeMap::new(),
-        next_read: 0,
+    let parts = Parts {
+        transport: SimTransport {
+            udp,
+            duplicate_ppm: env.duplicate_ppm.clone(),
+            trace: env.trace.clone(),
+            epoch: env.epoch,
+            sent: VecDeque::with_capacity(REPLAY_FRAMES_MAX),
+            replay: slot.replay.clone(),
+        },
+        clock,
+        persister: SimPersister {
+            id,
+            inner: RedbPersister::new(storage),
+            disk: slot.disk.clone(),
+            fsync_latency: env.cfg.fsync_latency.clone(),
+            stall_ppm: env.cfg.fsync_stall_ppm,
+            stall_max: env.cfg.fsync_stall_max,
+            observer: env.observer.clone(),
+        },
+        hooks: SimHooks {
+            env: env.clone(),
+            slot: slot.clone(),
+        },
     };
-    let mut buf = vec![0u8; frame_bytes_max + 1];
-    loop {
-        if let Err(e) = d.drain().await {
-            d.env.trace.line(
-                d.env.t(),
-                format_args!("{id} storage failed, stopping: {e}"),
-            );
-            *lock(&d.slot.status) = None;
-            *lock(&d.slot.inbox) = None;
-            return;
-        }
-        d.env.observer.after_step(&d.node);
-        *lock(&d.slot.status) = Some(d.node.status());
-        let wake_at = match d.node.poll_timeout() {
-            Some((deadline, _why)) => d.env.epoch + d.slot.clock.global(deadline),
-            None => d.env.epoch + d.env.elapsed() + Duration::from_secs(1),
-        };
-        let wake = tokio::select! {
-            biased;
-            r = d.sock.recv_from(&mut buf) => match r {
-                Ok((n, _from)) => Wake::Frame(n),
-                Err(_) => continue,
-            },
-            Some(req) = rx.recv() => Wake::Request(req),
-            () = madsim::time::sleep_until(wake_at) => Wake::Timeout,
-        };
-        let now = d.now();
-        match wake {
-            Wake::Frame(n) => {
-                if n > frame_bytes_max {
-                    // Truncated by our buffer: let the core count it as malformed.
-                    d.node.handle_frame(now, &[]);
-                } else {
-                    d.node.handle_frame(now, &buf[..n]);
-                }
+    let (handle, running) = driver::start(node, parts);
+    *lock(&slot.handle) = Some(handle);
+    let err = running.await;
+    env.trace.line(env.t(), format_args!("{id} stops: {err}"));
+    *lock(&slot.status) = None;
+    *lock(&slot.handle) = None;
+}
+
+/// Simulated nanoseconds since `epoch`.
+fn since(epoch: std::time::Instant) -> u64 {
+    // madsim makes `std::time::Instant::now` virtual: this is the simulated global clock.
+    #[allow(clippy::disallowed_methods)]
+    let now = std::time::Instant::now();
+    u64::try_from(now.saturating_duration_since(epoch).as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// Frames a node remembers for the stale-replay fault.
+const REPLAY_FRAMES_MAX: usize = 64;
+
+/// The production UDP transport plus what madsim lacks: duplication (madsim gives the copy its own
+/// latency, so it may overtake the original) and stale replay (frames sent long ago, sent again:
+/// an old message arriving after a leader change).
+struct SimTransport {
+    udp: UdpTransport,
+    duplicate_ppm: Arc<AtomicU64>,
+    trace: Trace,
+    epoch: std::time::Instant,
+    /// The last frames sent, oldest first.
+    sent: VecDeque<(NodeId, Vec<u8>)>,
+    replay: Arc<AtomicU64>,
+}
+
+impl Transport for SimTransport {
+    fn recv(&mut self, buf: &mut [u8]) -> impl Future<Output = std::io::Result<usize>> + Send {
+        self.udp.recv(buf)
+    }
+
+    async fn send(&mut self, to: NodeId, frame: &[u8]) {
+        self.udp.send(to, frame).await;
+        let dup_ppm = self.duplicate_ppm.load(Ordering::Relaxed);
+        let duplicate = dup_ppm > 0 && madsim::rand::thread_rng().gen_range(0..1_000_000) < dup_ppm;
+        if duplicate {
+            if self.trace.enabled() {
+                self.trace.line(
+                    since(self.epoch),
+                    format_args!("duplicate of the last frame to {to}"),
+                );
             }
-            Wake::Request(req) => d.on_request(now, req),
-            Wake::Timeout => d.node.handle(now, Input::Timeout),
+            self.udp.send(to, frame).await;
         }
+        let replay = self.replay.swap(0, Ordering::Relaxed);
+        if replay > 0 {
+            let n = usize::try_from(replay)
+                .unwrap_or(usize::MAX)
+                .min(self.sent.len());
+            if self.trace.enabled() {
+                self.trace
+                    .line(since(self.epoch), format_args!("replaying {n} old frames"));
+            }
+            for (old_to, old) in self.sent.iter().take(n) {
+                self.udp.send(*old_to, old).await;
+            }
+        }
+        if self.sent.len() == REPLAY_FRAMES_MAX {
+            self.sent.pop_front();
+        }
+        self.sent.push_back((to, frame.to_vec()));
     }
 }
 
-enum Wake<S> {
-    Frame(usize),
-    Request(Request<S>),
-    Timeout,
+/// The node's clock: madsim's global clock run through the node's drift.
+struct SimClock {
+    epoch: std::time::Instant,
+    drift: DriftClock,
 }
 
-type ReplyTo<T> = oneshot::Sender<Result<T, ClientError>>;
-/// A read's answer, type-erased (the cluster downcasts it to the query's type).
-type Answer = Box<dyn Any + Send>;
+impl Clock for SimClock {
+    fn now(&self) -> Instant {
+        self.drift.local(Duration::from_nanos(since(self.epoch)))
+    }
 
-struct Driver<S: StateMachine> {
+    fn unix_ms(&self) -> u64 {
+        UNIX_MS_EPOCH + self.now().as_nanos() / 1_000_000
+    }
+
+    fn sleep_until(&self, deadline: Instant) -> impl Future<Output = ()> + Send {
+        madsim::time::sleep_until(self.epoch + self.drift.global(deadline))
+    }
+}
+
+/// The production persister on the simulated disk, with a simulated fsync latency after the write
+/// and the disk settling only then.
+struct SimPersister<S> {
+    id: NodeId,
+    inner: RedbPersister,
+    disk: SimDisk,
+    fsync_latency: Range<Duration>,
+    /// Probability (ppm) that an fsync stalls, for up to `stall_max` more.
+    stall_ppm: u32,
+    stall_max: Duration,
+    observer: Arc<dyn Observer<S>>,
+}
+
+impl<S: StateMachine + 'static> Persister for SimPersister<S> {
+    type Error = StorageError;
+
+    async fn persist(
+        &mut self,
+        group: Vec<PersistBatch>,
+    ) -> Result<Vec<PersistBatch>, StorageError> {
+        let group = self.inner.persist(group).await?;
+        // The fsync is in flight for this long; a crash now tears the group's writes.
+        let latency = {
+            let mut rng = madsim::rand::thread_rng();
+            let mut latency = if self.fsync_latency.is_empty() {
+                self.fsync_latency.start
+            } else {
+                rng.gen_range(self.fsync_latency.clone())
+            };
+            if self.stall_ppm > 0 && rng.gen_range(0..1_000_000) < self.stall_ppm {
+                latency += self.stall_max.mul_f64(rng.gen_range(0.0..1.0));
+            }
+            latency
+        };
+        madsim::time::sleep(latency).await;
+        self.disk.settle();
+        for op in group.iter().flat_map(|b| &b.ops) {
+            if let PersistOp::HardState(hs) = op {
+                self.observer.durable(self.id, *hs);
+            }
+        }
+        Ok(group)
+    }
+}
+
+/// The trace, the observer and the status the cluster reads.
+struct SimHooks<S> {
     env: Arc<Env<S>>,
     slot: Arc<NodeSlot<S>>,
-    node: RaftNode<S>,
-    storage: RedbStorage,
-    sock: UdpSocket,
-    /// Proposals appended here, awaiting `Event::Applied` (a retry may add a second waiter).
-    proposals: BTreeMap<(ClientId, u64), Vec<ReplyTo<Vec<u8>>>>,
-    reads: BTreeMap<ReadId, (Query<S>, ReplyTo<Answer>)>,
-    next_read: u64,
 }
 
-impl<S: StateMachine + 'static> Driver<S> {
-    fn now(&self) -> Instant {
-        // The node's clock never goes back, even if a drifted conversion rounds down.
-        self.slot
-            .clock
-            .local(self.env.elapsed())
-            .max(self.node.now())
+impl<S: StateMachine + Send + 'static> Hooks<S> for SimHooks<S> {
+    fn after_step(&mut self, node: &RaftNode<S>) {
+        self.env.observer.after_step(node);
+        *lock(&self.slot.status) = Some(node.status());
     }
 
-    fn unix_ms(&self, now: Instant) -> u64 {
-        UNIX_MS_BASE + now.as_nanos() / 1_000_000
-    }
-
-    /// Step 2 of the contract: drain every output.
-    async fn drain(&mut self) -> Result<(), StorageError> {
-        while let Some(out) = self.node.poll_output() {
-            match out {
-                Output::Persist(batch) => self.persist(batch).await?,
-                Output::Send(env) => self.send(env).await,
-                Output::Event(ev) => self.on_event(ev),
-            }
-        }
-        Ok(())
-    }
-
-    async fn persist(&mut self, batch: PersistBatch) -> Result<(), StorageError> {
-        let id = self.slot.id;
+    fn persist_queued(&mut self, batch: &PersistBatch) {
         if self.env.trace.enabled() {
             self.env.trace.line(
                 self.env.t(),
-                format_args!("{id} persist {} {}", batch.seq, describe_ops(&batch.ops)),
+                format_args!(
+                    "{} persist {} {}",
+                    self.slot.id,
+                    batch.seq,
+                    describe_ops(&batch.ops)
+                ),
             );
         }
-        self.storage.persist(&batch)?;
-        // The fsync is in flight for this long; a crash now tears the batch's writes.
-        let latency = {
-            let r = &self.env.cfg.fsync_latency;
-            if r.is_empty() {
-                r.start
-            } else {
-                madsim::rand::thread_rng().gen_range(r.clone())
-            }
-        };
-        madsim::time::sleep(latency).await;
-        self.slot.disk.settle();
-        for op in &batch.ops {
-            if let PersistOp::HardState(hs) = op {
-                self.env.observer.durable(id, *hs);
-            }
-        }
-        let now = self.now();
-        self.node.handle(now, Input::Persisted(batch.seq));
-        Ok(())
     }
 
-    async fn send(&mut self, env: Envelope) {
-        let Some(&addr) = self.env.peers.get(&env.to) else {
+    fn sending(&mut self, env: &Envelope) {
+        self.env.trace.message(self.env.t(), env, "->");
+    }
+
+    fn request(&mut self, what: std::fmt::Arguments<'_>) {
+        self.env
+            .trace
+            .line(self.env.t(), format_args!("{} {what}", self.slot.id));
+    }
+
+    fn event(&mut self, _node: &RaftNode<S>, ev: &Event) {
+        if !self.env.trace.enabled() {
             return;
-        };
-        let bytes = env.encode();
-        self.env.trace.message(self.env.t(), &env, "->");
-        // madsim's `send_to` takes (dst, buf): the reverse of tokio's. Errors are loss.
-        let _ = self.sock.send_to(addr, &bytes).await;
-        let dup_ppm = self.env.duplicate_ppm.load(Ordering::Relaxed);
-        if dup_ppm > 0 && madsim::rand::thread_rng().gen_range(0..1_000_000) < dup_ppm {
-            // Our duplication fault: madsim gives the copy its own latency, so it may overtake.
-            self.env.trace.message(self.env.t(), &env, "=>");
-            let _ = self.sock.send_to(addr, &bytes).await;
         }
-    }
-
-    fn on_event(&mut self, ev: Event) {
         let id = self.slot.id;
         let t = self.env.t();
+        let trace = &self.env.trace;
         match ev {
-            Event::RoleChanged { role, term, leader } => {
-                self.env.trace.line(
-                    t,
-                    format_args!(
-                        "{id} becomes {role:?} term={} leader={}",
-                        term.0,
-                        leader.map_or("-".to_string(), |l| l.to_string())
-                    ),
-                );
-                if role != Role::Leader {
-                    for (_, waiters) in std::mem::take(&mut self.proposals) {
-                        for w in waiters {
-                            let _ = w.send(Err(ClientError::LeadershipLost));
-                        }
-                    }
-                }
-            }
+            Event::RoleChanged { role, term, leader } => trace.line(
+                t,
+                format_args!(
+                    "{id} becomes {role:?} term={} leader={}",
+                    term.0,
+                    leader.map_or("-".to_string(), |l| l.to_string())
+                ),
+            ),
             Event::Applied {
-                client,
-                seq,
-                index,
-                response,
-            } => {
-                self.env.trace.line(
-                    t,
-                    format_args!("{id} applied {client}#{seq} at {}", index.0),
-                );
-                for w in self.proposals.remove(&(client, seq)).unwrap_or_default() {
-                    let _ = w.send(Ok(response.clone()));
-                }
-            }
+                client, seq, index, ..
+            } => trace.line(
+                t,
+                format_args!("{id} applied {client}#{seq} at {}", index.0),
+            ),
             Event::ReadReady { id: rid, index } => {
-                self.env
-                    .trace
-                    .line(t, format_args!("{id} read {rid} ready at {}", index.0));
-                if let Some((query, reply)) = self.reads.remove(&rid) {
-                    let _ = reply.send(Ok(query(self.node.state_machine())));
-                }
+                trace.line(t, format_args!("{id} read {rid} ready at {}", index.0));
             }
-            Event::ReadFailed { id: rid } => {
-                self.env
-                    .trace
-                    .line(t, format_args!("{id} read {rid} failed"));
-                if let Some((_, reply)) = self.reads.remove(&rid) {
-                    let _ = reply.send(Err(ClientError::ReadFailed));
-                }
-            }
+            Event::ReadFailed { id: rid } => trace.line(t, format_args!("{id} read {rid} failed")),
             Event::SnapshotTaken { index } => {
-                self.env
-                    .trace
-                    .line(t, format_args!("{id} snapshot at {}", index.0));
+                trace.line(t, format_args!("{id} snapshot at {}", index.0));
             }
             Event::ProposalDropped {
                 index,
                 proposal,
                 reason,
-            } => {
-                self.env.trace.line(
-                    t,
-                    format_args!("{id} dropped {proposal:?} at {}: {reason:?}", index.0),
-                );
-                if let paloma_core::io::Proposal::Command { client, seq } = proposal {
-                    for w in self.proposals.remove(&(client, seq)).unwrap_or_default() {
-                        let _ = w.send(Err(ClientError::Dropped(reason)));
-                    }
-                }
-            }
-            Event::MembershipApplied { index } => {
-                self.env.trace.line(
-                    t,
-                    format_args!("{id} membership change at {} applied", index.0),
-                );
-            }
+            } => trace.line(
+                t,
+                format_args!("{id} dropped {proposal:?} at {}: {reason:?}", index.0),
+            ),
+            Event::MembershipApplied { index } => trace.line(
+                t,
+                format_args!("{id} membership change at {} applied", index.0),
+            ),
             Event::TransferEnded { to, outcome } => {
-                self.env
-                    .trace
-                    .line(t, format_args!("{id} transfer to {to} ended: {outcome:?}"));
+                trace.line(t, format_args!("{id} transfer to {to} ended: {outcome:?}"));
             }
-            Event::Removed { by, config } => {
-                self.env.trace.line(
-                    t,
-                    format_args!(
-                        "{id} removed from the cluster (told by {by}, config {})",
-                        config.0
-                    ),
-                );
-            }
-        }
-    }
-
-    fn on_request(&mut self, now: Instant, req: Request<S>) {
-        let id = self.slot.id;
-        match req {
-            Request::Propose {
-                client,
-                seq,
-                data,
-                reply,
-            } => match self.node.propose(now, self.unix_ms(now), client, seq, data) {
-                Ok(index) => {
-                    self.env.trace.line(
-                        self.env.t(),
-                        format_args!("{id} propose {client}#{seq} at {}", index.0),
-                    );
-                    self.proposals.entry((client, seq)).or_default().push(reply);
-                }
-                Err(paloma_core::raft::ProposeError::NotLeader { leader }) => {
-                    let _ = reply.send(Err(ClientError::NotLeader(leader)));
-                }
-                Err(e) => {
-                    let _ = reply.send(Err(ClientError::Refused(e.to_string())));
-                }
-            },
-            Request::Read { query, reply } => {
-                self.next_read += 1;
-                let rid = ReadId(self.next_read);
-                match self.node.read(now, rid) {
-                    Ok(()) => {
-                        self.env
-                            .trace
-                            .line(self.env.t(), format_args!("{id} read {rid} requested"));
-                        self.reads.insert(rid, (query, reply));
-                    }
-                    Err(ReadError::NoLeader) => {
-                        let _ = reply.send(Err(ClientError::NotLeader(None)));
-                    }
-                    Err(e) => {
-                        let _ = reply.send(Err(ClientError::Refused(e.to_string())));
-                    }
-                }
-            }
+            Event::Removed { by, config } => trace.line(
+                t,
+                format_args!(
+                    "{id} removed from the cluster (told by {by}, config {})",
+                    config.0
+                ),
+            ),
         }
     }
 }

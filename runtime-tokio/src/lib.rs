@@ -1,10 +1,22 @@
-//! The production driver of `paloma-core`: real clock, TCP/UDP, redb, the OS random source.
+//! The production driver of `paloma-core`: real clock, sockets, redb.
 //!
-//! So far it holds the durable [`storage::RedbStorage`] (shared with `paloma-runtime-sim`, which
-//! runs it on a simulated disk); the network driver lands with the runtime issue and follows the
-//! driving contract documented in `paloma_core`'s crate docs. This crate has no tokio dependency
-//! yet.
+//! - [`driver`]: the one driving loop of a [`paloma_core::raft::RaftNode`] (ARCHITECTURE.md, "The
+//!   driving contract"), generic over a [`driver::Transport`], a [`driver::Clock`], a
+//!   [`persist::Persister`] and [`driver::Hooks`]; the simulated scenarios run this same loop
+//!   under madsim with simulated parts behind the traits (`paloma-runtime-sim`);
+//! - [`persist`]: persistence on its own task with group commit, so input keeps flowing while an
+//!   fsync is pending;
+//! - [`storage`]: [`storage::RedbStorage`], the durable store of a replica;
+//! - [`net`]: [`net::UdpTransport`] and [`net::MonotonicClock`]; the encrypted TCP links of the
+//!   runtime issue replace the transport, not the loop.
+//!
+//! `tokio` here is `madsim-tokio`: tokio itself without `--cfg madsim`, madsim's simulation with it.
 
+pub mod driver;
+pub mod net;
+pub mod persist;
 pub mod storage;
 
+pub use driver::{ClientError, Clock, Hooks, NodeHandle, Parts, Transport};
+pub use persist::{Persister, RedbPersister};
 pub use storage::{RedbStorage, StorageError};

@@ -68,6 +68,9 @@ pub enum StorageError {
         /// The decoder's message.
         reason: String,
     },
+    /// The store can no longer be written by this incarnation (an earlier write did not come back).
+    #[error("storage stopped: {0}")]
+    Stopped(&'static str),
 }
 
 /// Converts each of redb's per-operation error types through `redb::Error`.
@@ -113,6 +116,26 @@ impl RedbStorage {
         RedbStorage::init(db)
     }
 
+    /// Applies every batch of `group` in order inside **one** write transaction and commits it with
+    /// `Durability::Immediate`: one fsync for the whole group (group commit). Atomic like
+    /// [`Storage::persist`]: after a crash either the whole group is durable or none of it.
+    ///
+    /// # Errors
+    /// A redb failure; nothing of the group may then be acknowledged.
+    pub fn persist_group(&mut self, group: &[PersistBatch]) -> Result<(), StorageError> {
+        let mut txn = self.db.begin_write()?;
+        txn.set_durability(Durability::Immediate)?;
+        {
+            let mut meta = txn.open_table(META)?;
+            let mut log = txn.open_table(LOG)?;
+            for op in group.iter().flat_map(|b| &b.ops) {
+                apply(&mut meta, &mut log, op)?;
+            }
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
     /// Creates the tables if they are missing, so reads never meet `TableDoesNotExist`.
     fn init(db: Database) -> Result<RedbStorage, StorageError> {
         let mut txn = db.begin_write()?;
@@ -133,17 +156,7 @@ impl Storage for RedbStorage {
     /// `Durability::Immediate`: when this returns `Ok`, the whole batch is durable; after a crash
     /// before that, none of it is (redb commits are atomic).
     fn persist(&mut self, batch: &PersistBatch) -> Result<(), StorageError> {
-        let mut txn = self.db.begin_write()?;
-        txn.set_durability(Durability::Immediate)?;
-        {
-            let mut meta = txn.open_table(META)?;
-            let mut log = txn.open_table(LOG)?;
-            for op in &batch.ops {
-                apply(&mut meta, &mut log, op)?;
-            }
-        }
-        txn.commit()?;
-        Ok(())
+        self.persist_group(std::slice::from_ref(batch))
     }
 
     fn recover(&self) -> Result<Recovered, StorageError> {

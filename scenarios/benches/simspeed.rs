@@ -18,10 +18,6 @@ use paloma_scenarios::fastsim::{Faults, SimConfig};
 use paloma_scenarios::sweep::run_one;
 use std::time::{Duration, Instant};
 
-#[cfg(madsim)]
-#[path = "../tests/madsim_support/mod.rs"]
-mod madsim_support;
-
 fn seeds() -> u64 {
     std::env::var("SIMSPEED_SEEDS")
         .ok()
@@ -75,7 +71,8 @@ fn fast_row(scenario: &'static str, cfg: impl Fn(u64) -> SimConfig) -> Row {
 
 #[cfg(madsim)]
 fn madsim_row(scenario: &'static str, all_faults: bool) -> Row {
-    use madsim_support::{chaos, sim_config, Fault, Workload};
+    use paloma_scenarios::sim::{chaos, sim_config};
+    use paloma_scenarios::workload::Workload;
     let mut row = Row {
         simulator: "madsim",
         scenario,
@@ -89,22 +86,27 @@ fn madsim_row(scenario: &'static str, all_faults: bool) -> Row {
         // The settings of `five_nodes_all_faults` in tests/madsim_chaos.rs; the baseline runs the
         // same phases with no faults and no drift.
         let simulated = rt.block_on(async move {
-            let cfg = paloma_runtime_sim::SimConfig {
-                drift_ppm_max: if all_faults { 20_000 } else { 0 },
-                ..sim_config()
-            };
+            let cfg = sim_config();
             let workload = Workload {
                 clients: 6,
                 keys: 6,
                 ..Workload::default()
             };
-            let faults: &[Fault] = if all_faults { &Fault::ALL } else { &[] };
+            let faults = if all_faults {
+                Faults {
+                    transfers: true,
+                    drift_ppm_max: 100_000,
+                    ..Faults::default()
+                }
+            } else {
+                Faults::none()
+            };
             chaos(
                 scenario,
                 5,
                 cfg,
                 workload,
-                faults,
+                &faults,
                 Duration::from_secs(30),
                 50,
             )

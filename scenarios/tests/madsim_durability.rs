@@ -9,14 +9,14 @@
 #![cfg(madsim)]
 #![allow(clippy::disallowed_types)] // the acknowledged-writes list is shared with writer tasks
 
-mod madsim_support;
-
 use madsim::rand::Rng as _;
-use madsim_support::{replay, sim_config, Fault, Run, Workload};
 use paloma_core::ClientId;
 use paloma_runtime_sim::{ClientError, CrashMode, SimConfig};
+use paloma_scenarios::fastsim::Faults;
 use paloma_scenarios::history::KvOp;
 use paloma_scenarios::kv::{decode_response, Kv, KvCommand};
+use paloma_scenarios::sim::{plan, replay, sim_config, swarm, Run};
+use paloma_scenarios::workload::Workload;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -203,7 +203,7 @@ async fn three_kill_restart_cycles_lose_no_acknowledged_write() {
 /// PostgreSQL "fsyncgate", 2018). The leader's disk starts failing every fsync while clients write.
 /// Its redb commit fails, so the driver never reports the batch durable: the core sends no
 /// acknowledgement and does not count itself, and the driver stops the node (`node.rs`: "storage
-/// failed, stopping"). The two others elect a leader and keep serving. Then the operator's fix: the
+/// failed"). The two others elect a leader and keep serving. Then the operator's fix: the
 /// disk works again, the node is power-cycled (its unsynced writes are lost) and restarts from what
 /// is durable. The safety checker runs throughout, and the client history, including every write
 /// acknowledged while the disk was failing, must be linearizable at the end.
@@ -257,12 +257,19 @@ async fn fsync_failure_stops_the_leader_and_loses_nothing() {
 async fn traced_run() -> String {
     let cfg = SimConfig {
         record_trace: true,
-        drift_ppm_max: 5_000,
         ..sim_config()
     };
+    let base = Faults {
+        transfers: true,
+        drift_ppm_max: 5_000,
+        ..Faults::default()
+    };
+    let (cfg, faults, _) = swarm(cfg, &base);
+    let chaos = Duration::from_secs(6);
+    let plan = plan(&faults, 3, chaos);
     let mut run = Run::start("same_seed_same_trace", 3, cfg, &Workload::default());
     madsim::time::sleep(Duration::from_secs(1)).await;
-    run.nemesis(&Fault::ALL, Duration::from_secs(6)).await;
+    run.nemesis(&faults, &plan, chaos).await;
     run.liveness(Duration::from_secs(20)).await;
     run.stop_clients().await;
     run.check_history(1);

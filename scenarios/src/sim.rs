@@ -1,21 +1,36 @@
-//! Shared by the madsim scenarios (`tests/madsim_*.rs`): the KV client workload recorded into a
-//! `History`, the safety checker wired in as the driver's `Observer`, the fault schedule
-//! ("nemesis"), the liveness phase, and the final checks. Built only under `--cfg madsim`.
+//! The madsim scenarios' toolkit (built only under `--cfg madsim`): a cluster of nodes running the
+//! production driver (`paloma-runtime-sim`), the shared client workload ([`crate::workload`])
+//! recorded into the shared [`History`], the shared safety checker wired in as the driver's
+//! observer, and the shared fault vocabulary ([`crate::fastsim::faults`]): each seed draws its own
+//! profile with [`Faults::swarm`] and its plan with [`FaultPlan::generate`], exactly as the fast
+//! simulator does, and this module carries the plan out on madsim's network and disks.
+//!
+//! What madsim cannot do and how the plan's faults map onto it:
+//! - latency spikes (per-message delays beyond the latency range) do not exist in madsim: a madsim
+//!   profile has none, and its description says so;
+//! - `CrashWhileUnsynced` crashes a node while its disk has writes in flight (the leader for an
+//!   append, another node for a vote, a term or a snapshot): the disk cannot tell which record is
+//!   pending, so the kind is a choice of victim, not a guarantee;
+//! - `PartitionAfterMinorityAppend` cuts the current leader off with a minority at once: under the
+//!   continuous workload a leader always has entries in flight;
+//! - `Reconfigure` is not planned here (the madsim cluster has no spare nodes); the fast
+//!   simulator's `membership` family sweeps it.
 
-#![allow(dead_code)] // each scenario file uses a different part
 #![allow(clippy::disallowed_types)] // the checker and history are shared with node and client tasks
 
+use crate::check::SafetyChecker;
+use crate::fastsim::{Fault, FaultPlan, Faults, Unsynced};
+use crate::history::{History, KvOp, OpId};
+use crate::kv::{decode_response, Kv, KvCommand};
+use crate::workload::{OpGen, Workload};
 use madsim::rand::Rng as _;
 use paloma_core::io::Role;
 use paloma_core::raft::types::HardState;
 use paloma_core::raft::RaftNode;
+use paloma_core::rng::DetRng;
 use paloma_core::{ClientId, NodeId};
 use paloma_runtime_sim::{ClientError, Cluster, CrashMode, Observer, SimConfig};
-use paloma_scenarios::check::SafetyChecker;
-use paloma_scenarios::history::{History, KvOp, OpId};
-use paloma_scenarios::kv::{decode_response, Kv, KvCommand};
-use std::ops::Range;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -29,6 +44,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 /// The command that replays the current seed of `test`.
+#[must_use]
 pub fn replay(test: &str) -> String {
     let seed = madsim::runtime::Handle::current().seed();
     format!("MADSIM_TEST_SEED={seed} cargo simtest -- --exact {test} --nocapture   (add PALOMA_TRACE=1 for the trace)")
@@ -87,45 +103,44 @@ impl Observer<Kv> for Checker {
     }
 }
 
-/// What the clients do.
-#[derive(Clone, Debug)]
-pub struct Workload {
-    /// Concurrent clients.
-    pub clients: u64,
-    /// Keys `0..keys`.
-    pub keys: u8,
-    /// Percent of operations that are reads.
-    pub read_percent: u32,
-    /// Percent that are compare-and-set (the rest are puts).
-    pub cas_percent: u32,
-    /// Pause between a client's operations.
-    pub think: Range<Duration>,
-}
-
-impl Default for Workload {
-    fn default() -> Workload {
-        Workload {
-            clients: 4,
-            keys: 4,
-            read_percent: 30,
-            cas_percent: 30,
-            think: Duration::from_millis(5)..Duration::from_millis(80),
-        }
-    }
+/// Counts of what the nemesis did, for the summary.
+#[derive(Debug, Default)]
+pub struct NemesisCounts {
+    /// Faults carried out.
+    pub faults: AtomicU64,
+    /// Crashes.
+    pub crashes: AtomicU64,
+    /// Transfers the leader accepted.
+    pub transfers: AtomicU64,
 }
 
 /// A running scenario: cluster, checker, history and clients.
 pub struct Run {
+    /// The cluster.
     pub cluster: Arc<Cluster<Kv>>,
+    /// The safety checker.
     pub checker: Arc<Checker>,
+    /// Every client operation.
     pub history: Arc<Mutex<History>>,
+    /// The test's name (for replay lines).
     pub test: String,
+    /// What the nemesis did.
+    pub counts: Arc<NemesisCounts>,
     stop: Arc<AtomicBool>,
     clients: Vec<madsim::task::JoinHandle<()>>,
 }
 
+impl std::fmt::Debug for Run {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Run")
+            .field("test", &self.test)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Run {
     /// Starts `nodes` nodes and the workload's clients.
+    #[must_use]
     pub fn start(test: &str, nodes: u64, cfg: SimConfig, workload: &Workload) -> Run {
         let checker = Arc::new(Checker::new(test));
         let cluster = Arc::new(Cluster::start(nodes, cfg, Kv::default, checker.clone()));
@@ -139,7 +154,7 @@ impl Run {
                     cluster: cluster.clone(),
                     history: history.clone(),
                     stop: stop.clone(),
-                    id: c,
+                    gen: OpGen::new(c),
                     workload: workload.clone(),
                 };
                 madsim::task::spawn(client.run())
@@ -150,6 +165,7 @@ impl Run {
             checker,
             history,
             test: test.to_string(),
+            counts: Arc::new(NemesisCounts::default()),
             stop,
             clients,
         }
@@ -172,13 +188,8 @@ impl Run {
         self.cluster.shutdown().await;
     }
 
-    /// Random node.
-    pub fn any_node(&self) -> NodeId {
-        let ids = self.cluster.ids();
-        ids[madsim::rand::thread_rng().gen_range(0..ids.len())]
-    }
-
     /// The leader of the highest term among running nodes, if any.
+    #[must_use]
     pub fn leader(&self) -> Option<NodeId> {
         self.cluster
             .leaders()
@@ -188,6 +199,7 @@ impl Run {
     }
 
     /// The slowest fsync the run's disks may take.
+    #[must_use]
     pub fn cluster_fsync_max(&self) -> Duration {
         self.cluster.sim_config().fsync_latency.end
     }
@@ -213,117 +225,191 @@ impl Run {
         }
     }
 
-    /// The fault phase: `duration` of faults drawn from `faults`, each held for a while, healed,
-    /// then a pause.
-    pub async fn nemesis(&self, faults: &[Fault], duration: Duration) {
-        let start = self.cluster.now_nanos();
-        let end = start + duration.as_nanos() as u64;
-        while self.cluster.now_nanos() < end {
-            let fault = faults[madsim::rand::thread_rng().gen_range(0..faults.len())];
-            let hold = Duration::from_millis(madsim::rand::thread_rng().gen_range(300..3000));
-            self.inject(fault, hold).await;
-            madsim::time::sleep(Duration::from_millis(
-                madsim::rand::thread_rng().gen_range(100..1500),
-            ))
-            .await;
+    /// Carries out `plan` (times from now), with the profile's loss, duplication and latency on for
+    /// the whole phase, which lasts `duration`.
+    pub async fn nemesis(&self, faults: &Faults, plan: &FaultPlan, duration: Duration) {
+        let c = &self.cluster;
+        c.set_loss(f64::from(faults.loss_ppm) / 1e6);
+        c.set_duplication(f64::from(faults.dup_ppm) / 1e6);
+        c.set_latency(
+            faults.delay_min
+                ..faults
+                    .delay_max
+                    .max(faults.delay_min + Duration::from_micros(1)),
+        );
+        let start = c.now_nanos();
+        for (at, fault) in &plan.events {
+            let due = start + at;
+            let now = c.now_nanos();
+            if due > now {
+                madsim::time::sleep(Duration::from_nanos(due - now)).await;
+            }
+            self.inject(fault, faults).await;
+        }
+        let end = start + u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX);
+        let now = c.now_nanos();
+        if end > now {
+            madsim::time::sleep(Duration::from_nanos(end - now)).await;
         }
     }
 
-    /// Applies one fault for `hold`, then undoes it.
-    pub async fn inject(&self, fault: Fault, hold: Duration) {
+    fn crash_mode(&self, faults: &Faults) -> CrashMode {
+        if !faults.torn_writes {
+            return CrashMode::LoseUnsynced;
+        }
+        CrashMode::ALL[madsim::rand::thread_rng().gen_range(0..CrashMode::ALL.len())]
+    }
+
+    /// Crashes `id` now and restarts it after `down_for` (unless it is up again by then).
+    fn crash_for(&self, id: NodeId, mode: CrashMode, down_for: Duration) {
+        if !self.cluster.is_up(id) {
+            return;
+        }
+        self.cluster.kill_with(id, mode);
+        self.counts.crashes.fetch_add(1, Ordering::Relaxed);
+        self.restart_after(id, down_for);
+    }
+
+    fn restart_after(&self, id: NodeId, down_for: Duration) {
+        let cluster = self.cluster.clone();
+        madsim::task::spawn(async move {
+            madsim::time::sleep(down_for).await;
+            if !cluster.is_up(id) {
+                cluster.restart(id);
+            }
+        });
+    }
+
+    /// Carries out one fault of the shared vocabulary now.
+    pub async fn inject(&self, fault: &Fault, faults: &Faults) {
         let c = &self.cluster;
-        let ids = c.ids();
-        let n = ids.len();
-        let mut shuffled = ids.clone();
-        shuffle(&mut shuffled);
-        c.note(format_args!("nemesis {fault:?} for {hold:?}"));
+        c.note(format_args!("FAULT {fault:?}"));
+        self.counts.faults.fetch_add(1, Ordering::Relaxed);
         match fault {
-            Fault::MinorityPartition => {
-                let k = madsim::rand::thread_rng().gen_range(1..=(n - 1) / 2);
-                c.isolate(&shuffled[..k]);
-                madsim::time::sleep(hold).await;
+            Fault::Heal => c.heal(),
+            Fault::Partition { groups } => {
                 c.heal();
-            }
-            Fault::LeaderInMinority => {
-                let leader = self.leader().unwrap_or(shuffled[0]);
-                let mut group = vec![leader];
-                group.extend(
-                    shuffled
-                        .iter()
-                        .filter(|&&x| x != leader)
-                        .take((n - 1) / 2 - 1),
-                );
-                c.isolate(&group);
-                madsim::time::sleep(hold).await;
-                c.heal();
-            }
-            Fault::NoQuorum => {
-                // Groups all below a majority: nobody can commit until the heal.
-                let size = (n - 1) / 2;
-                let mut groups: Vec<&[NodeId]> = shuffled.chunks(size.max(1)).collect();
-                while let Some(g) = groups.pop() {
-                    for other in &groups {
-                        c.partition(g, other);
+                for (i, a) in groups.iter().enumerate() {
+                    for b in &groups[i + 1..] {
+                        c.partition(a, b);
                     }
                 }
-                madsim::time::sleep(hold).await;
+            }
+            Fault::Bridge {
+                bridge,
+                left,
+                right,
+            } => {
                 c.heal();
-            }
-            Fault::Bridge => {
-                // Two halves that cannot talk, and one node both reach (Howard 2020's chained
-                // partition: check-quorum and pre-vote must keep a stable leader).
-                let bridge = shuffled[0];
-                let rest = &shuffled[1..];
-                let (a, b) = rest.split_at(rest.len() / 2);
-                c.partition(a, b);
-                c.note(format_args!("bridge is {bridge}"));
-                madsim::time::sleep(hold).await;
-                c.heal();
-            }
-            Fault::OneWay => {
-                // The leader can send but not hear from some followers, or the reverse.
-                let leader = self.leader().unwrap_or(shuffled[0]);
-                let others: Vec<NodeId> =
-                    shuffled.iter().copied().filter(|&x| x != leader).collect();
-                let k = madsim::rand::thread_rng().gen_range(1..=others.len());
-                let inbound = madsim::rand::thread_rng().gen_bool(0.5);
-                for &o in &others[..k] {
-                    if inbound {
-                        c.cut_one_way(o, leader);
-                    } else {
-                        c.cut_one_way(leader, o);
-                    }
-                }
-                madsim::time::sleep(hold).await;
-                c.heal();
-            }
-            Fault::Kill => {
-                let victim = shuffled[0];
-                c.kill(victim);
-                madsim::time::sleep(hold).await;
-                c.restart(victim);
-            }
-            Fault::KillLeaderTorn => {
-                let victim = self.leader().unwrap_or(shuffled[0]);
-                let mode = if madsim::rand::thread_rng().gen_bool(0.5) {
-                    CrashMode::TornPrefix
-                } else {
-                    CrashMode::TornScrambled
+                let strip = |g: &[NodeId]| {
+                    g.iter()
+                        .copied()
+                        .filter(|x| x != bridge)
+                        .collect::<Vec<_>>()
                 };
-                c.kill_while_unsynced(victim, mode, Duration::from_millis(500))
-                    .await;
-                madsim::time::sleep(hold).await;
-                c.restart(victim);
+                c.partition(&strip(left), &strip(right));
             }
-            Fault::Loss => {
-                c.set_loss(madsim::rand::thread_rng().gen_range(0.05..0.4));
-                madsim::time::sleep(hold).await;
-                c.set_loss(0.0);
+            Fault::OneWay { from, to } => c.cut_one_way(*from, *to),
+            Fault::CrashLeader { down_for } => {
+                if let Some(leader) = self.leader() {
+                    self.crash_for(leader, self.crash_mode(faults), *down_for);
+                }
             }
-            Fault::Duplication => {
-                c.set_duplication(madsim::rand::thread_rng().gen_range(0.1..0.5));
-                madsim::time::sleep(hold).await;
-                c.set_duplication(0.0);
+            Fault::Crash { node, down_for } => {
+                self.crash_for(*node, self.crash_mode(faults), *down_for);
+            }
+            Fault::CrashWhileUnsynced { what, down_for } => {
+                let leader = self.leader();
+                let ids: Vec<NodeId> = c.ids().into_iter().filter(|&id| c.is_up(id)).collect();
+                let victim = match what {
+                    Unsynced::Append => leader,
+                    Unsynced::Vote | Unsynced::Term | Unsynced::Snapshot => {
+                        let others: Vec<NodeId> = ids
+                            .iter()
+                            .copied()
+                            .filter(|&id| Some(id) != leader)
+                            .collect();
+                        (!others.is_empty())
+                            .then(|| others[madsim::rand::thread_rng().gen_range(0..others.len())])
+                    }
+                };
+                if let Some(victim) = victim {
+                    let mode = if faults.torn_writes {
+                        CrashMode::TornPrefix
+                    } else {
+                        CrashMode::LoseUnsynced
+                    };
+                    if c.is_up(victim) {
+                        c.kill_while_unsynced(victim, mode, Duration::from_millis(500))
+                            .await;
+                        self.counts.crashes.fetch_add(1, Ordering::Relaxed);
+                        self.restart_after(victim, *down_for);
+                    }
+                }
+            }
+            Fault::StaleReplay { count } => {
+                // At the next leader change (within a few election timeouts), every node sends
+                // some of its old frames again.
+                let cluster = self.cluster.clone();
+                let count = u64::from(*count);
+                let before = self.leader();
+                let et = c.raft_config().election_timeout;
+                madsim::task::spawn(async move {
+                    for _ in 0..60 {
+                        madsim::time::sleep(et / 10).await;
+                        let now = cluster
+                            .leaders()
+                            .into_iter()
+                            .max_by_key(|&(_, t)| t)
+                            .map(|(id, _)| id);
+                        if now.is_some() && now != before {
+                            break;
+                        }
+                    }
+                    for id in cluster.ids() {
+                        cluster.replay_old_frames(id, count);
+                    }
+                });
+            }
+            Fault::PartitionAfterMinorityAppend => {
+                if let Some(leader) = self.leader() {
+                    let others: Vec<NodeId> =
+                        c.ids().into_iter().filter(|&id| id != leader).collect();
+                    let k = (c.ids().len() - 1) / 2;
+                    let mut group = vec![leader];
+                    group.extend(others.iter().take(k.saturating_sub(1)));
+                    c.heal();
+                    c.isolate(&group);
+                }
+            }
+            Fault::Transfer { choice } => {
+                if let Some(leader) = self.leader() {
+                    let voters: Vec<NodeId> = c
+                        .status(leader)
+                        .map(|s| {
+                            s.membership
+                                .voters
+                                .iter()
+                                .copied()
+                                .filter(|&v| v != leader)
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    if !voters.is_empty() {
+                        let to = voters[usize::try_from(choice % voters.len() as u64).unwrap_or(0)];
+                        if c.transfer_leadership(leader, to, ATTEMPT_TIMEOUT)
+                            .await
+                            .is_ok()
+                        {
+                            self.counts.transfers.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+            }
+            Fault::Reconfigure { .. } => {
+                c.note(format_args!(
+                    "membership changes are swept by the fast simulator, not planned under madsim"
+                ));
             }
         }
     }
@@ -335,6 +421,7 @@ impl Run {
         c.heal();
         c.set_loss(0.0);
         c.set_duplication(0.0);
+        c.set_latency(Duration::from_millis(1)..Duration::from_millis(10));
         for id in c.ids() {
             if !c.is_up(id) {
                 c.restart(id);
@@ -469,12 +556,13 @@ impl Run {
     }
 
     /// A one-line summary for the test output.
+    #[must_use]
     pub fn summary(&self) -> String {
         let h = lock(&self.history);
         let crashes = self.cluster.crash_reports();
         let torn = crashes.iter().filter(|(_, r)| r.kept > 0 || r.torn).count();
         format!(
-            "{}: t={:.1}s ops={} completed={} reads={} steps={} terms={} commit={} crashes={} (torn {})",
+            "{}: t={:.1}s ops={} completed={} reads={} steps={} terms={} commit={} faults={} crashes={} (torn {}) transfers={}",
             self.test,
             self.cluster.now_nanos() as f64 / 1e9,
             h.len(),
@@ -483,118 +571,54 @@ impl Run {
             self.checker.observations(),
             self.checker.terms_with_leader(),
             self.checker.committed(),
+            self.counts.faults.load(Ordering::Relaxed),
             crashes.len(),
-            torn
+            torn,
+            self.counts.transfers.load(Ordering::Relaxed),
         )
     }
 
+    /// Records an operation's invocation.
     pub fn invoke(&self, client: u64, op: KvOp) -> OpId {
         lock(&self.history).invoke(client, op, self.cluster.now_nanos())
     }
 
+    /// Records an operation's completion.
     pub fn complete(&self, op: OpId, result: Option<u64>) {
         lock(&self.history).complete(op, result, self.cluster.now_nanos());
     }
 }
 
-/// Faults the nemesis draws from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Fault {
-    /// A random minority is cut off.
-    MinorityPartition,
-    /// The leader is cut off with a minority; the majority elects anew.
-    LeaderInMinority,
-    /// Every group is below a majority.
-    NoQuorum,
-    /// Two halves connected only through one node.
-    Bridge,
-    /// Links to or from the leader cut in one direction.
-    OneWay,
-    /// A random node loses power (random crash mode) and restarts.
-    Kill,
-    /// The leader loses power with writes in flight (torn), and restarts.
-    KillLeaderTorn,
-    /// A burst of packet loss.
-    Loss,
-    /// A burst of duplicated datagrams.
-    Duplication,
-}
-
-impl Fault {
-    /// Every fault.
-    pub const ALL: [Fault; 9] = [
-        Fault::MinorityPartition,
-        Fault::LeaderInMinority,
-        Fault::NoQuorum,
-        Fault::Bridge,
-        Fault::OneWay,
-        Fault::Kill,
-        Fault::KillLeaderTorn,
-        Fault::Loss,
-        Fault::Duplication,
-    ];
-}
-
-fn shuffle<T>(v: &mut [T]) {
-    let mut rng = madsim::rand::thread_rng();
-    for i in (1..v.len()).rev() {
-        let j = rng.gen_range(0..=i);
-        v.swap(i, j);
-    }
-}
-
-/// One client: sequential operations, each retried across nodes until it completes or is
-/// abandoned (then it stays pending: it may or may not have taken effect).
+/// One client: sequential operations from the shared workload, each retried across nodes until it
+/// completes or is abandoned (then it stays pending: it may or may not have taken effect).
 struct Client {
     cluster: Arc<Cluster<Kv>>,
     history: Arc<Mutex<History>>,
     stop: Arc<AtomicBool>,
-    id: u64,
+    gen: OpGen,
     workload: Workload,
 }
 
+fn below(n: u64) -> u64 {
+    madsim::rand::thread_rng().gen_range(0..n.max(1))
+}
+
 impl Client {
-    async fn run(self) {
+    async fn run(mut self) {
         let ids = self.cluster.ids();
         let mut target = ids[madsim::rand::thread_rng().gen_range(0..ids.len())];
-        let mut seq = 0u64;
-        let mut next_value = self.id * 1_000_000;
-        let mut last_seen: Option<u64> = None;
+        let client = self.gen.client();
         while !self.stop.load(Ordering::Relaxed) {
             let think = madsim::rand::thread_rng().gen_range(self.workload.think.clone());
             madsim::time::sleep(think).await;
-            let (key, roll, cas_hit) = {
-                let mut rng = madsim::rand::thread_rng();
-                (
-                    rng.gen_range(0..self.workload.keys),
-                    rng.gen_range(0..100u32),
-                    rng.gen_bool(0.7),
-                )
-            };
-            next_value += 1;
-            let op = if roll < self.workload.read_percent {
-                KvOp::Get { key }
-            } else if roll < self.workload.read_percent + self.workload.cas_percent {
-                KvOp::Cas {
-                    key,
-                    expected: if cas_hit { last_seen } else { None },
-                    new: next_value,
-                }
-            } else {
-                KvOp::Put {
-                    key,
-                    value: next_value,
-                }
-            };
-            let id = lock(&self.history).invoke(self.id, op, self.cluster.now_nanos());
-            if !matches!(op, KvOp::Get { .. }) {
-                seq += 1;
-            }
+            let op = self.gen.next(&self.workload, &mut below);
+            let id = lock(&self.history).invoke(client, op.op, self.cluster.now_nanos());
             let give_up = self.cluster.now_nanos() + OP_GIVE_UP.as_nanos() as u64;
             let mut result = None;
             while result.is_none() && self.cluster.now_nanos() < give_up {
-                let attempt = match op {
-                    KvOp::Get { key } => {
+                let attempt = match (&op.op, &op.write) {
+                    (KvOp::Get { key }, _) => {
+                        let key = *key;
                         // Reads go to any node half the time: follower reads (ReadIndex through the
                         // leader) are where stale reads would hide.
                         let node = if madsim::rand::thread_rng().gen_bool(0.5) {
@@ -606,18 +630,23 @@ impl Client {
                             .read(node, move |kv: &Kv| kv.get(key), ATTEMPT_TIMEOUT)
                             .await
                     }
-                    KvOp::Put { key, value } => {
-                        self.write(target, seq, KvCommand::Put { key, value }).await
-                    }
-                    KvOp::Cas { key, expected, new } => {
-                        self.write(target, seq, KvCommand::Cas { key, expected, new })
-                            .await
-                    }
+                    (_, Some((seq, cmd))) => self
+                        .cluster
+                        .propose(
+                            target,
+                            ClientId(client),
+                            *seq,
+                            cmd.encode(),
+                            ATTEMPT_TIMEOUT,
+                        )
+                        .await
+                        .map(|resp| decode_response(&resp).expect("kv response decodes")),
+                    (_, None) => unreachable!("a write carries its command"),
                 };
                 match attempt {
                     Ok(v) => result = Some(v),
                     Err(ClientError::NotLeader(Some(leader))) if leader != target => {
-                        target = leader
+                        target = leader;
                     }
                     Err(_) => {
                         target = ids[madsim::rand::thread_rng().gen_range(0..ids.len())];
@@ -627,53 +656,85 @@ impl Client {
                 }
             }
             if let Some(v) = result {
-                last_seen = v;
+                self.gen.saw(v);
                 lock(&self.history).complete(id, v, self.cluster.now_nanos());
             }
         }
     }
-
-    async fn write(
-        &self,
-        node: NodeId,
-        seq: u64,
-        cmd: KvCommand,
-    ) -> Result<Option<u64>, ClientError> {
-        let resp = self
-            .cluster
-            .propose(node, ClientId(self.id), seq, cmd.encode(), ATTEMPT_TIMEOUT)
-            .await?;
-        Ok(decode_response(&resp).expect("kv response decodes"))
-    }
 }
 
-/// A whole chaos scenario: warm-up, `fault_time` of faults drawn from `faults` (none: a quiet
-/// network for as long), liveness, drain, convergence, then the history checks. Returns the run's
-/// one-line summary and the simulated time it took (the simulation-speed bench divides it by wall
-/// time).
+/// The settings a madsim chaos run starts from.
+#[must_use]
+pub fn sim_config() -> SimConfig {
+    SimConfig::default()
+}
+
+/// Swarm testing under madsim (Groce et al., ISSTA 2012), with the fast simulator's vocabulary:
+/// draws this seed's profile with [`Faults::swarm`] on top of `base` (which says which kinds the
+/// scenario wants) and the Raft settings in `cfg`, then turns the profile into the madsim
+/// cluster's settings. Returns the configuration, the profile, and the line naming it.
+#[must_use]
+pub fn swarm(mut cfg: SimConfig, base: &Faults) -> (SimConfig, Faults, String) {
+    let seed = madsim::runtime::Handle::current().seed();
+    let mut rng = DetRng::fork(seed, "madsim-swarm");
+    let mut f = base.swarm(&mut cfg.raft, &mut rng);
+    // madsim has no per-message latency spikes; the profile says so rather than pretend.
+    f.spike_ppm = 0;
+    f.spike_max = Duration::ZERO;
+    // A scenario is named after the faults it attacks with: swarm varies everything else, but
+    // never switches the scenario's own kinds off (nor on).
+    f.partitions = base.partitions;
+    f.crashes = base.crashes;
+    f.targeted = f.targeted && base.targeted;
+    // The drift bound of the scenario is the upper limit (drift far beyond it belongs to the fast
+    // simulator's sweeps).
+    f.drift_ppm_max = f.drift_ppm_max.min(base.drift_ppm_max);
+    cfg.fsync_latency = f.disk_latency_min..f.disk_latency_max;
+    cfg.fsync_stall_ppm = f.disk_stall_ppm;
+    cfg.fsync_stall_max = f.disk_stall_max;
+    cfg.drift_ppm_max = i32::try_from(f.drift_ppm_max).unwrap_or(i32::MAX);
+    let line = f.describe(&cfg.raft);
+    (cfg, f, line)
+}
+
+/// The fault plan of this seed over `chaos` for nodes `1..=nodes`.
+#[must_use]
+pub fn plan(faults: &Faults, nodes: u64, chaos: Duration) -> FaultPlan {
+    let seed = madsim::runtime::Handle::current().seed();
+    let mut rng = DetRng::fork(seed, "madsim-plan");
+    let ids: Vec<NodeId> = (1..=nodes).map(NodeId).collect();
+    FaultPlan::generate(faults, &ids, chaos, &mut rng)
+}
+
+/// A whole chaos scenario: the seed's swarm profile on top of `base`, warm-up, `fault_time` of the
+/// seed's planned faults, liveness, drain, convergence, then the history checks. `base` of
+/// [`Faults::none`] is a quiet network for as long. Returns the run's one-line summary and the
+/// simulated time it took (the simulation-speed bench divides it by wall time).
 pub async fn chaos(
     test: &str,
     nodes: u64,
     cfg: SimConfig,
     workload: Workload,
-    faults: &[Fault],
+    base: &Faults,
     fault_time: Duration,
     completed_min: usize,
 ) -> (String, Duration) {
-    let (cfg, profile) = if faults.is_empty() {
-        (cfg, "no faults".to_string())
+    let quiet = *base == Faults::none();
+    let (cfg, faults, profile) = if quiet {
+        (cfg, Faults::none(), "no faults".to_string())
     } else {
-        swarm(cfg)
+        swarm(cfg, base)
+    };
+    let plan = if quiet {
+        FaultPlan::default()
+    } else {
+        plan(&faults, nodes, fault_time)
     };
     let mut run = Run::start(test, nodes, cfg, &workload);
     run.cluster.note(format_args!("fault profile: {profile}"));
     run.wait_for_leader().await;
-    if faults.is_empty() {
-        madsim::time::sleep(fault_time).await;
-    } else {
-        run.nemesis(faults, fault_time).await;
-    }
-    run.liveness(Duration::from_secs(20)).await;
+    run.nemesis(&faults, &plan, fault_time).await;
+    run.liveness(Duration::from_secs(30)).await;
     run.stop_clients().await;
     run.converge(Duration::from_secs(10)).await;
     // The scenarios' minimum throughput assumes the default disk (fsyncs of at most 3 ms); a
@@ -688,40 +749,4 @@ pub async fn chaos(
     let simulated = Duration::from_nanos(run.cluster.now_nanos());
     run.shutdown().await;
     (summary, simulated)
-}
-
-/// The simulation settings shared by the chaos scenarios.
-pub fn sim_config() -> SimConfig {
-    SimConfig::default()
-}
-
-/// Swarm testing under madsim (Groce et al., ISSTA 2012): each seed draws its own disk speed and
-/// Raft settings from madsim's seeded RNG, on top of what the scenario set, so rare combinations
-/// (slow fsyncs with frequent kills, no pre-vote under loss) occur in some seeds. Returns the
-/// configuration and a line naming the profile (printed in the summary and the trace).
-pub fn swarm(mut cfg: SimConfig) -> (SimConfig, String) {
-    let mut rng = madsim::rand::thread_rng();
-    let ms = Duration::from_millis;
-    let fsync = [
-        Duration::from_micros(5)..Duration::from_micros(100),
-        Duration::from_micros(200)..ms(3),
-        ms(2)..ms(25),
-        ms(10)..ms(200),
-    ];
-    cfg.fsync_latency = fsync[rng.gen_range(0..fsync.len())].clone();
-    cfg.raft.pre_vote = rng.gen_bool(0.7);
-    cfg.raft.check_quorum = rng.gen_bool(0.7);
-    cfg.raft.snapshot_chunk_bytes = [64, 512, 4096][rng.gen_range(0..3)];
-    cfg.raft.append_entries_max = [4, 16, 512][rng.gen_range(0..3)];
-    cfg.raft.inflight_messages_max = [1, 4, 32][rng.gen_range(0..3)];
-    let profile = format!(
-        "fsync {:?}, pre-vote {}, check-quorum {}, chunk {} B, append <= {} x {} in flight",
-        cfg.fsync_latency,
-        cfg.raft.pre_vote,
-        cfg.raft.check_quorum,
-        cfg.raft.snapshot_chunk_bytes,
-        cfg.raft.append_entries_max,
-        cfg.raft.inflight_messages_max
-    );
-    (cfg, profile)
 }
