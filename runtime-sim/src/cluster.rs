@@ -136,6 +136,8 @@ impl<S: StateMachine + Send + 'static> Cluster<S> {
             make_sm: Arc::new(make_sm),
             epoch,
             duplicate_ppm: Arc::new(AtomicU64::new(0)),
+            durable: Arc::new(Mutex::new(BTreeMap::new())),
+            in_flight: Arc::new(Mutex::new(BTreeMap::new())),
             cfg,
         });
         let mut rng = madsim::rand::thread_rng();

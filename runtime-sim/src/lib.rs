@@ -25,7 +25,7 @@ mod node;
 pub use cluster::{Cluster, SimConfig};
 pub use disk::{CrashMode, CrashReport, SimDisk, SimDiskBackend};
 #[cfg(madsim)]
-pub use node::{NoObserver, Observer};
+pub use node::{DurableImages, NoObserver, Observer};
 pub use paloma_runtime_tokio::ClientError;
 pub use paloma_runtime_tokio::{RedbStorage, StorageError};
 pub use trace::Trace;

@@ -24,7 +24,7 @@ use paloma_core::io::Event;
 use paloma_core::raft::message::Envelope;
 use paloma_core::raft::types::{HardState, Snapshot};
 use paloma_core::raft::{Config, RaftNode, StateMachine, Status};
-use paloma_core::storage::{PersistBatch, PersistOp, Recovered, Storage};
+use paloma_core::storage::{apply_op, PersistBatch, PersistOp, Recovered, Storage};
 use paloma_core::{Instant, NodeId, PersistSeq};
 use paloma_runtime_tokio::driver::{self, Clock, Hooks, NodeHandle, Parts, Transport};
 use paloma_runtime_tokio::net::UdpTransport;
@@ -37,11 +37,18 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-/// Watches every node after every step (the scenario's safety checkers). A method that finds a
-/// violation panics: madsim then stops the run and prints the seed.
+/// What every node's disk durably holds, as `Recovered` images: updated when a simulated fsync
+/// completes (a group commit is atomic in redb, so what settled is exactly what a crash keeps), and
+/// compared with what the node really recovers at each restart.
+pub type DurableImages = BTreeMap<NodeId, Recovered>;
+
+/// Watches every node (the scenario's safety checkers). A method that finds a violation panics:
+/// madsim then stops the run and prints the seed.
 pub trait Observer<S: StateMachine>: Send + Sync + 'static {
-    /// The node drained its outputs after an input.
-    fn after_step(&self, node: &RaftNode<S>);
+    /// The node drained its outputs after an input; `durable` is every disk's durable image.
+    fn after_step(&self, node: &RaftNode<S>, durable: &DurableImages);
+    /// `env` is leaving its sender, whose disk durably holds `durable` (the boundary checks).
+    fn sending(&self, env: &Envelope, durable: &Recovered);
     /// `hard_state` is durable on `id` (after a persist settled, or as recovered at a restart).
     fn durable(&self, id: NodeId, hard_state: HardState);
     /// `id` starts a new incarnation (its in-memory state is new).
@@ -53,7 +60,8 @@ pub trait Observer<S: StateMachine>: Send + Sync + 'static {
 pub struct NoObserver;
 
 impl<S: StateMachine> Observer<S> for NoObserver {
-    fn after_step(&self, _: &RaftNode<S>) {}
+    fn after_step(&self, _: &RaftNode<S>, _: &DurableImages) {}
+    fn sending(&self, _: &Envelope, _: &Recovered) {}
     fn durable(&self, _: NodeId, _: HardState) {}
     fn restarted(&self, _: NodeId) {}
 }
@@ -84,6 +92,12 @@ pub(crate) struct Env<S> {
     pub epoch: std::time::Instant,
     /// Probability in parts per million that a datagram is sent twice.
     pub duplicate_ppm: Arc<AtomicU64>,
+    /// Every disk's durable image.
+    pub durable: Arc<Mutex<DurableImages>>,
+    /// Per node, the operations of the group written but not yet reported durable (at most one
+    /// group: the persistence task writes the next only after this one settled). A crash may keep
+    /// it whole (redb commits are atomic) or lose it.
+    pub in_flight: Arc<Mutex<BTreeMap<NodeId, Vec<PersistOp>>>>,
 }
 
 impl<S> Env<S> {
@@ -133,6 +147,26 @@ pub(crate) async fn run<S: StateMachine + Send + 'static>(
         slot.disk.settle();
         recovered = storage.recover().expect("recover after bootstrap");
     }
+    {
+        // What the node recovers must be exactly what was reported durable before the crash: a
+        // difference is a lost or invented write (redb, the disk model, or the persistence task).
+        let mut images = lock(&env.durable);
+        let in_flight = lock(&env.in_flight).remove(&id).unwrap_or_default();
+        if let Some(expected) = images.get(&id) {
+            let mut with_group = expected.clone();
+            for op in &in_flight {
+                apply_op(&mut with_group, op);
+            }
+            assert!(
+                *expected == recovered || with_group == recovered,
+                "{id}: recovered state is neither what was reported durable before the crash nor that plus the group in flight:\n  durable:   {}\n  +group:    {}\n  recovered: {}",
+                summary(expected),
+                summary(&with_group),
+                summary(&recovered)
+            );
+        }
+        images.insert(id, recovered.clone());
+    }
     env.observer.restarted(id);
     env.observer.durable(id, recovered.hard_state);
     let hs = recovered.hard_state;
@@ -181,6 +215,8 @@ pub(crate) async fn run<S: StateMachine + Send + 'static>(
             stall_ppm: env.cfg.fsync_stall_ppm,
             stall_max: env.cfg.fsync_stall_max,
             observer: env.observer.clone(),
+            durable: env.durable.clone(),
+            in_flight: env.in_flight.clone(),
         },
         hooks: SimHooks {
             env: env.clone(),
@@ -288,6 +324,8 @@ struct SimPersister<S> {
     stall_ppm: u32,
     stall_max: Duration,
     observer: Arc<dyn Observer<S>>,
+    durable: Arc<Mutex<DurableImages>>,
+    in_flight: Arc<Mutex<BTreeMap<NodeId, Vec<PersistOp>>>>,
 }
 
 impl<S: StateMachine + 'static> Persister for SimPersister<S> {
@@ -297,6 +335,10 @@ impl<S: StateMachine + 'static> Persister for SimPersister<S> {
         &mut self,
         group: Vec<PersistBatch>,
     ) -> Result<Vec<PersistBatch>, StorageError> {
+        lock(&self.in_flight).insert(
+            self.id,
+            group.iter().flat_map(|b| b.ops.iter().cloned()).collect(),
+        );
         let group = self.inner.persist(group).await?;
         // The fsync is in flight for this long; a crash now tears the group's writes.
         let latency = {
@@ -313,11 +355,16 @@ impl<S: StateMachine + 'static> Persister for SimPersister<S> {
         };
         madsim::time::sleep(latency).await;
         self.disk.settle();
+        let mut images = lock(&self.durable);
+        let image = images.entry(self.id).or_default();
         for op in group.iter().flat_map(|b| &b.ops) {
+            apply_op(image, op);
             if let PersistOp::HardState(hs) = op {
                 self.observer.durable(self.id, *hs);
             }
         }
+        drop(images);
+        lock(&self.in_flight).remove(&self.id);
         Ok(group)
     }
 }
@@ -330,7 +377,7 @@ struct SimHooks<S> {
 
 impl<S: StateMachine + Send + 'static> Hooks<S> for SimHooks<S> {
     fn after_step(&mut self, node: &RaftNode<S>) {
-        self.env.observer.after_step(node);
+        self.env.observer.after_step(node, &lock(&self.env.durable));
         *lock(&self.slot.status) = Some(node.status());
     }
 
@@ -350,6 +397,11 @@ impl<S: StateMachine + Send + 'static> Hooks<S> for SimHooks<S> {
 
     fn sending(&mut self, env: &Envelope) {
         self.env.trace.message(self.env.t(), env, "->");
+        let images = lock(&self.env.durable);
+        let empty = Recovered::default();
+        self.env
+            .observer
+            .sending(env, images.get(&env.from).unwrap_or(&empty));
     }
 
     fn request(&mut self, what: std::fmt::Arguments<'_>) {
@@ -411,6 +463,18 @@ impl<S: StateMachine + Send + 'static> Hooks<S> for SimHooks<S> {
             ),
         }
     }
+}
+
+/// A recovered image in a few words, for the mismatch message.
+fn summary(r: &Recovered) -> String {
+    format!(
+        "hs={:?} snapshot={:?} base={:?} entries={}..{}",
+        r.hard_state,
+        r.snapshot.as_ref().map(|s| s.meta.last),
+        r.base,
+        r.entries.first().map_or(0, |e| e.index().0),
+        r.entries.last().map_or(0, |e| e.index().0)
+    )
 }
 
 /// A persist batch in a few words: `hs=t3/n1/c4 append=5..7 truncate=5.. snap=9@2 compact=8@2`.

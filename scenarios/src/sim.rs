@@ -24,18 +24,23 @@ use crate::history::{History, KvOp, OpId};
 use crate::kv::{decode_response, Kv, KvCommand};
 use crate::workload::{OpGen, Workload};
 use madsim::rand::Rng as _;
-use paloma_core::io::Role;
+use paloma_core::io::{DropReason, Role};
+use paloma_core::raft::message::Envelope;
 use paloma_core::raft::types::HardState;
 use paloma_core::raft::RaftNode;
 use paloma_core::rng::DetRng;
+use paloma_core::storage::Recovered;
 use paloma_core::{ClientId, NodeId};
-use paloma_runtime_sim::{ClientError, Cluster, CrashMode, Observer, SimConfig};
+use paloma_runtime_sim::{ClientError, Cluster, CrashMode, DurableImages, Observer, SimConfig};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 /// How each client waits for one attempt.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_millis(1500);
+/// After the faults heal, the clients must complete the scenario's minimum of operations within
+/// this window.
+const RECOVERY_WINDOW: Duration = Duration::from_secs(5);
 /// A client abandons an operation (it stays pending in the history) after this long.
 const OP_GIVE_UP: Duration = Duration::from_secs(10);
 
@@ -75,6 +80,11 @@ impl Checker {
         lock(&self.safety).leaders().len()
     }
 
+    /// Boundary checks performed (messages and commits checked against the disks).
+    pub fn boundary_checks(&self) -> u64 {
+        lock(&self.safety).boundary_checks
+    }
+
     /// Highest committed index observed.
     pub fn committed(&self) -> u64 {
         lock(&self.safety)
@@ -86,9 +96,19 @@ impl Checker {
 }
 
 impl Observer<Kv> for Checker {
-    fn after_step(&self, node: &RaftNode<Kv>) {
-        if let Err(v) = lock(&self.safety).observe(node, Kv::digest) {
+    fn after_step(&self, node: &RaftNode<Kv>, durable: &DurableImages) {
+        let mut safety = lock(&self.safety);
+        if let Err(v) = safety.observe(node, Kv::digest) {
             panic!("Raft safety violation: {v}\nreplay: {}", replay(&self.test));
+        }
+        if let Err(v) = safety.observe_commit_durable(node, |id| durable.get(&id)) {
+            panic!("Raft safety violation: {v}\nreplay: {}", replay(&self.test));
+        }
+    }
+
+    fn sending(&self, env: &Envelope, durable: &Recovered) {
+        if let Err(v) = lock(&self.safety).observe_send(env, durable) {
+            panic!("boundary violation: {v}\nreplay: {}", replay(&self.test));
         }
     }
 
@@ -156,6 +176,7 @@ impl Run {
                     stop: stop.clone(),
                     gen: OpGen::new(c),
                     workload: workload.clone(),
+                    sessions: 1,
                 };
                 madsim::task::spawn(client.run())
             })
@@ -430,19 +451,22 @@ impl Run {
         c.note(format_args!("liveness phase: faults healed"));
         let start = c.now_nanos();
         let deadline = start + bound.as_nanos() as u64;
-        let client = 1_000_000;
+        // The liveness client retries one sequence number until it applies (thesis §6.3: a new
+        // number for a command whose outcome is unknown could apply both); a session the cluster
+        // no longer knows is replaced by a new one.
+        let mut client = 1_000_000;
         let mut last_err = String::from("no leader yet");
-        let mut seq = 0;
+        let mut seq = 1;
+        let mut op = None;
         while c.now_nanos() < deadline {
             madsim::time::sleep(Duration::from_millis(50)).await;
             let Some(leader) = self.stable_leader() else {
                 continue;
             };
-            seq += 1;
-            let value = 900_000 + seq;
+            let value = 900_000 + client + seq;
             // A key no client touches, so the read must see exactly this write.
             let key = u8::MAX;
-            let op = self.invoke(client, KvOp::Put { key, value });
+            let id = *op.get_or_insert_with(|| self.invoke(client, KvOp::Put { key, value }));
             match c
                 .propose(
                     leader,
@@ -453,7 +477,20 @@ impl Run {
                 )
                 .await
             {
-                Ok(resp) => self.complete(op, decode_response(&resp).expect("kv response")),
+                Ok(resp) => {
+                    self.complete(id, decode_response(&resp).expect("kv response"));
+                    op = None;
+                    seq += 1;
+                }
+                Err(ClientError::Dropped(DropReason::SessionExpired)) => {
+                    // Not applied, and never will be: the operation stays pending in the history
+                    // (allowed), and a new session starts.
+                    last_err = format!("write via {leader}: session {client} expired");
+                    op = None;
+                    client += 1;
+                    seq = 1;
+                    continue;
+                }
                 Err(e) => {
                     last_err = format!("write via {leader}: {e}");
                     continue;
@@ -464,7 +501,7 @@ impl Run {
                 .into_iter()
                 .find(|&id| id != leader)
                 .unwrap_or(leader);
-            let op = self.invoke(client + 1, KvOp::Get { key });
+            let op = self.invoke(client + 500_000, KvOp::Get { key });
             match c
                 .read(reader, move |kv: &Kv| kv.get(key), ATTEMPT_TIMEOUT)
                 .await
@@ -473,7 +510,7 @@ impl Run {
                     self.complete(op, v);
                     assert_eq!(
                         v,
-                        Some(value),
+                        Some(900_000 + client + seq - 1),
                         "read after the liveness write saw another value\nreplay: {}",
                         replay(&self.test)
                     );
@@ -527,6 +564,22 @@ impl Run {
         );
     }
 
+    /// Requires the clients to complete at least `floor` operations within `window` from now (the
+    /// faults healed): a cluster that is up but stalls fails here.
+    pub async fn check_progress(&self, window: Duration, floor: usize) {
+        let before = lock(&self.history).completed();
+        madsim::time::sleep(window).await;
+        let done = lock(&self.history).completed() - before;
+        assert!(
+            done >= floor,
+            "only {done} operations completed in the {window:?} after the faults healed (want {floor})\nreplay: {}",
+            replay(&self.test)
+        );
+        self.cluster.note(format_args!(
+            "progress: {done} operations in {window:?} after healing"
+        ));
+    }
+
     /// The history's linearizability, plus a floor on the work done so a silent stall fails.
     pub fn check_history(&self, completed_min: usize) {
         let h = lock(&self.history);
@@ -541,7 +594,7 @@ impl Run {
             replay(&self.test)
         );
         assert!(
-            self.checker.observations() > 0,
+            self.checker.observations() > 0 && self.checker.boundary_checks() > 0,
             "the safety checker never ran"
         );
         self.cluster.note(format_args!(
@@ -562,13 +615,14 @@ impl Run {
         let crashes = self.cluster.crash_reports();
         let torn = crashes.iter().filter(|(_, r)| r.kept > 0 || r.torn).count();
         format!(
-            "{}: t={:.1}s ops={} completed={} reads={} steps={} terms={} commit={} faults={} crashes={} (torn {}) transfers={}",
+            "{}: t={:.1}s ops={} completed={} reads={} steps={} boundary={} terms={} commit={} faults={} crashes={} (torn {}) transfers={}",
             self.test,
             self.cluster.now_nanos() as f64 / 1e9,
             h.len(),
             h.completed(),
             h.completed_reads(),
             self.checker.observations(),
+            self.checker.boundary_checks(),
             self.checker.terms_with_leader(),
             self.checker.committed(),
             self.counts.faults.load(Ordering::Relaxed),
@@ -597,6 +651,8 @@ struct Client {
     stop: Arc<AtomicBool>,
     gen: OpGen,
     workload: Workload,
+    /// Sessions this client started (a new one after its session expired).
+    sessions: u64,
 }
 
 fn below(n: u64) -> u64 {
@@ -607,10 +663,11 @@ impl Client {
     async fn run(mut self) {
         let ids = self.cluster.ids();
         let mut target = ids[madsim::rand::thread_rng().gen_range(0..ids.len())];
-        let client = self.gen.client();
+        let first = self.gen.client();
         while !self.stop.load(Ordering::Relaxed) {
             let think = madsim::rand::thread_rng().gen_range(self.workload.think.clone());
             madsim::time::sleep(think).await;
+            let client = self.gen.client();
             let op = self.gen.next(&self.workload, &mut below);
             let id = lock(&self.history).invoke(client, op.op, self.cluster.now_nanos());
             let give_up = self.cluster.now_nanos() + OP_GIVE_UP.as_nanos() as u64;
@@ -647,6 +704,14 @@ impl Client {
                     Ok(v) => result = Some(v),
                     Err(ClientError::NotLeader(Some(leader))) if leader != target => {
                         target = leader;
+                    }
+                    Err(ClientError::Dropped(DropReason::SessionExpired)) => {
+                        // The cluster does not know this session (its first write never applied,
+                        // or it was evicted): this write never applies. It stays pending in the
+                        // history, and the client starts a new session (thesis §6.3).
+                        self.sessions += 1;
+                        self.gen = OpGen::new(first + 1_000 * self.sessions);
+                        break;
                     }
                     Err(_) => {
                         target = ids[madsim::rand::thread_rng().gen_range(0..ids.len())];
@@ -735,15 +800,19 @@ pub async fn chaos(
     run.wait_for_leader().await;
     run.nemesis(&faults, &plan, fault_time).await;
     run.liveness(Duration::from_secs(30)).await;
-    run.stop_clients().await;
-    run.converge(Duration::from_secs(10)).await;
-    // The scenarios' minimum throughput assumes the default disk (fsyncs of at most 3 ms); a
-    // swarm profile with slower fsyncs completes proportionally fewer operations.
+    // Throughput is checked once the faults have healed: during the chaos phase a profile may
+    // legitimately keep a quorum down most of the time (crashes every few hundred milliseconds).
+    // The floor assumes the default disk (fsyncs of at most 3 ms); slower fsyncs complete
+    // proportionally fewer operations.
     let fsync_max = run.cluster_fsync_max();
     let scale = (Duration::from_millis(3).as_micros() as f64
         / fsync_max.as_micros().max(3000) as f64)
         .min(1.0);
-    run.check_history(((completed_min as f64 * scale) as usize).max(5.min(completed_min)));
+    let floor = ((completed_min as f64 * scale) as usize).max(5.min(completed_min));
+    run.check_progress(RECOVERY_WINDOW, floor).await;
+    run.stop_clients().await;
+    run.converge(Duration::from_secs(10)).await;
+    run.check_history(floor);
     let summary = format!("{} [{profile}]", run.summary());
     // Simulated time since the cluster started.
     let simulated = Duration::from_nanos(run.cluster.now_nanos());
