@@ -8,10 +8,10 @@
 
 mod support;
 
-use paloma_core::io::{Role, TimerKind};
+use paloma_core::raft::io::{Role, TimerKind};
 use paloma_core::raft::message::{AppendResponse, Body, Envelope};
+use paloma_core::raft::storage::{PersistBatch, PersistOp};
 use paloma_core::raft::{Membership, MembershipChange};
-use paloma_core::storage::{PersistBatch, PersistOp};
 use paloma_core::{LogId, LogIndex, NodeId, Term};
 use std::collections::BTreeSet;
 use support::{

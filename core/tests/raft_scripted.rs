@@ -7,12 +7,12 @@
 
 mod support;
 
-use paloma_core::io::{Event, Role, TimerKind};
+use paloma_core::raft::io::{Event, Role, TimerKind};
 use paloma_core::raft::message::{AppendResponse, Body, Envelope, VoteResponse};
+use paloma_core::raft::storage::PersistOp;
 use paloma_core::raft::{
     Membership, MembershipChange, MembershipError, ProposeError, TransferError,
 };
-use paloma_core::storage::PersistOp;
 use paloma_core::{LogId, LogIndex, ReadId, Term};
 use proptest::prelude::*;
 use std::time::Duration;

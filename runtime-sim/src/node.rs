@@ -18,10 +18,10 @@ use crate::cluster::SimConfig;
 use crate::disk::SimDisk;
 use crate::trace::Trace;
 use madsim::rand::Rng as _;
-use paloma_core::io::{Event, Input, Output, Role};
+use paloma_core::raft::io::{Event, Input, Output, Role};
+use paloma_core::raft::storage::{PersistBatch, PersistOp, Recovered, Storage};
 use paloma_core::raft::types::{HardState, Snapshot};
 use paloma_core::raft::{Config, Envelope, RaftNode, ReadError, StateMachine, Status};
-use paloma_core::storage::{PersistBatch, PersistOp, Recovered, Storage};
 use paloma_core::{ClientId, Instant, NodeId, PersistSeq, ReadId};
 use paloma_runtime_tokio::{RedbStorage, StorageError};
 use std::any::Any;
@@ -84,7 +84,7 @@ pub enum ClientError {
     /// The node reported that the command will never apply here (`Event::ProposalDropped`):
     /// truncated, covered by a snapshot, removed, or refused by de-duplication.
     #[error("dropped: {0:?}")]
-    Dropped(paloma_core::io::DropReason),
+    Dropped(paloma_core::raft::io::DropReason),
 }
 
 /// A read's query, run on the state machine when the read is linearizable.
@@ -414,7 +414,7 @@ impl<S: StateMachine + 'static> Driver<S> {
                     t,
                     format_args!("{id} dropped {proposal:?} at {}: {reason:?}", index.0),
                 );
-                if let paloma_core::io::Proposal::Command { client, seq } = proposal {
+                if let paloma_core::raft::io::Proposal::Command { client, seq } = proposal {
                     for w in self.proposals.remove(&(client, seq)).unwrap_or_default() {
                         let _ = w.send(Err(ClientError::Dropped(reason)));
                     }

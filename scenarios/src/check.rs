@@ -27,10 +27,10 @@
 //!   a quorum of the configuration it was committed under (the leader's at that moment), and
 //!   a leader advances its commit index only to an entry of its own term (Raft §5.4.2, Figure 8).
 
-use paloma_core::io::Role;
+use paloma_core::raft::io::Role;
 use paloma_core::raft::message::{AppendResponse, Body, Envelope};
+use paloma_core::raft::storage::Recovered;
 use paloma_core::raft::{RaftNode, StateMachine};
-use paloma_core::storage::Recovered;
 use paloma_core::{LogIndex, NodeId, Term};
 use std::collections::BTreeMap;
 

@@ -2,7 +2,7 @@
 //! stickiness (thesis §6.2 / §9.6), and the dispatch of every incoming message by term.
 
 use crate::ids::{LogId, LogIndex, NodeId, Term};
-use crate::io::Role;
+use crate::raft::io::Role;
 use crate::raft::message::{Body, Envelope, VoteRequest, VoteResponse};
 use crate::raft::node::{LeaderState, RaftNode};
 use crate::raft::progress::Progress;
@@ -211,9 +211,9 @@ impl<S: StateMachine> RaftNode<S> {
         if self.role == Role::Leader {
             self.fail_leader_reads();
             if let Some((to, _)) = self.lead.as_ref().and_then(|l| l.transfer) {
-                self.emit(crate::io::Event::TransferEnded {
+                self.emit(crate::raft::io::Event::TransferEnded {
                     to,
-                    outcome: crate::io::TransferOutcome::SteppedDown,
+                    outcome: crate::raft::io::TransferOutcome::SteppedDown,
                 });
             }
         }
@@ -368,8 +368,8 @@ impl<S: StateMachine> RaftNode<S> {
         self.election_deadline = None;
         // What we proposed will never reach us now: its outcome is unknown here.
         let pending = std::mem::take(&mut self.local_proposals);
-        self.drop_proposals(pending, crate::io::DropReason::Removed);
-        self.emit(crate::io::Event::Removed {
+        self.drop_proposals(pending, crate::raft::io::DropReason::Removed);
+        self.emit(crate::raft::io::Event::Removed {
             by: from,
             config: config.index,
         });

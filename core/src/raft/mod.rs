@@ -9,6 +9,11 @@
 
 pub mod config;
 mod election;
+/// Fuzz entry points: compiled only for tests, cargo-fuzz (`--cfg fuzzing`) and the `testing`
+/// feature, never into a release binary.
+#[cfg(any(test, fuzzing, feature = "testing"))]
+pub mod fuzz;
+pub mod io;
 pub mod log;
 pub mod message;
 pub mod node;
@@ -17,6 +22,7 @@ mod read;
 mod replication;
 mod snapshot;
 pub mod state_machine;
+pub mod storage;
 pub mod types;
 
 pub use config::{Config, ReadMode};

@@ -4,15 +4,17 @@
 //! reads in `read.rs`; this file holds the state, the driving contract and persistence ordering.
 
 use crate::ids::{ClientId, LogId, LogIndex, NodeId, PersistSeq, ReadId, Term};
-use crate::io::{DropReason, Event, Input, Output, Proposal, Role, TimerKind, TransferOutcome};
 use crate::raft::config::{Config, ConfigError};
+use crate::raft::io::{
+    DropReason, Event, Input, Output, Proposal, Role, TimerKind, TransferOutcome,
+};
 use crate::raft::log::RaftLog;
 use crate::raft::message::{Body, Envelope};
 use crate::raft::progress::Progress;
 use crate::raft::state_machine::{Applied, DedupTable, SnapshotDecodeError, StateMachine};
+use crate::raft::storage::{PersistBatch, PersistOp, Recovered};
 use crate::raft::types::{Entry, HardState, Membership, MembershipChange, Payload, Snapshot};
 use crate::rng::DetRng;
-use crate::storage::{PersistBatch, PersistOp, Recovered};
 use crate::time::Instant;
 use std::collections::{BTreeMap, VecDeque};
 

@@ -2,8 +2,8 @@
 //! leader, and optional leader leases (§6.4.1, unsafe under clock drift).
 
 use crate::ids::{LogIndex, NodeId, ReadId};
-use crate::io::{Event, Role};
 use crate::raft::config::ReadMode;
+use crate::raft::io::{Event, Role};
 use crate::raft::message::Body;
 use crate::raft::node::{LeaderRead, RaftNode, ReadError, ReadOrigin};
 use crate::raft::state_machine::StateMachine;

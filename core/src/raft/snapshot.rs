@@ -2,13 +2,13 @@
 //! resumes from the last acknowledged offset after a lost chunk.
 
 use crate::ids::{LogId, NodeId};
-use crate::io::Event;
+use crate::raft::io::Event;
 use crate::raft::message::{Body, SnapshotAck, SnapshotChunk};
 use crate::raft::node::{IncomingSnapshot, RaftNode};
 use crate::raft::progress::ProgressState;
 use crate::raft::state_machine::StateMachine;
+use crate::raft::storage::PersistOp;
 use crate::raft::types::{Snapshot, SnapshotMeta};
-use crate::storage::PersistOp;
 
 impl<S: StateMachine> RaftNode<S> {
     /// Takes a snapshot once enough entries were applied since the last one, then compacts the log
@@ -257,7 +257,7 @@ impl<S: StateMachine> RaftNode<S> {
             // proposed after it is gone with the old entries.
             self.durable_match = self.durable_match.min(last.index);
             let wiped = self.local_proposals.split_off(&last.index.next());
-            self.drop_proposals(wiped, crate::io::DropReason::Truncated);
+            self.drop_proposals(wiped, crate::raft::io::DropReason::Truncated);
         }
         self.commit = self.commit.max(last.index);
         self.applied = last.index;
@@ -265,7 +265,7 @@ impl<S: StateMachine> RaftNode<S> {
         // to this node, so say so (the client retries; de-duplication answers).
         let kept = self.local_proposals.split_off(&last.index.next());
         let covered = std::mem::replace(&mut self.local_proposals, kept);
-        self.drop_proposals(covered, crate::io::DropReason::SnapshotInstalled);
+        self.drop_proposals(covered, crate::raft::io::DropReason::SnapshotInstalled);
         self.mark_hard_state();
         self.stats.snapshots_installed += 1;
         if membership_changed {

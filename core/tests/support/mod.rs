@@ -20,14 +20,14 @@
 // Each test binary that includes this module uses a different subset of it.
 #![allow(dead_code)]
 
-use paloma_core::io::{Event, Input, Output, Role, TimerKind};
+use paloma_core::raft::io::{Event, Input, Output, Role, TimerKind};
 use paloma_core::raft::message::{AppendResponse, Body, Envelope};
 use paloma_core::raft::state_machine::SnapshotDecodeError;
+use paloma_core::raft::storage::{MemStorage, PersistBatch, PersistOp, Recovered, Storage};
 use paloma_core::raft::{
     ApplyContext, Config, Entry, HardState, MembershipChange, MembershipError, Payload,
     ProposeError, RaftNode, ReadError, StateMachine, Status, TransferError,
 };
-use paloma_core::storage::{MemStorage, PersistBatch, PersistOp, Recovered, Storage};
 use paloma_core::{ClientId, Instant, LogId, LogIndex, NodeId, ReadId, Term};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;

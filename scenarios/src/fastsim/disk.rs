@@ -5,9 +5,9 @@
 use super::{dur_nanos, Ev, Sim, Unsynced};
 use crate::check::Violation;
 use crate::kv::Kv;
-use paloma_core::io::{Input, Role};
+use paloma_core::raft::io::{Input, Role};
+use paloma_core::raft::storage::{PersistBatch, PersistOp};
 use paloma_core::raft::{Config, RaftNode};
-use paloma_core::storage::{PersistBatch, PersistOp};
 use paloma_core::NodeId;
 
 impl Sim {

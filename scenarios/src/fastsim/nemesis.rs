@@ -4,7 +4,7 @@
 
 use super::{dur_nanos, Ev, Fault, Sim};
 use crate::check::Violation;
-use paloma_core::io::{Event, Proposal, Role};
+use paloma_core::raft::io::{Event, Proposal, Role};
 use paloma_core::raft::MembershipChange;
 use paloma_core::{LogIndex, NodeId, Term};
 

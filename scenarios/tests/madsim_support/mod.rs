@@ -6,7 +6,7 @@
 #![allow(clippy::disallowed_types)] // the checker and history are shared with node and client tasks
 
 use madsim::rand::Rng as _;
-use paloma_core::io::Role;
+use paloma_core::raft::io::Role;
 use paloma_core::raft::types::HardState;
 use paloma_core::raft::RaftNode;
 use paloma_core::{ClientId, NodeId};
