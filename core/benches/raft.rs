@@ -44,9 +44,10 @@ impl StateMachine for Sum {
         self.0.to_le_bytes().to_vec()
     }
     fn restore(&mut self, data: &[u8]) -> Result<(), SnapshotDecodeError> {
-        let raw: [u8; 8] = data
-            .try_into()
-            .map_err(|_| SnapshotDecodeError("length".into()))?;
+        let raw: [u8; 8] = data.try_into().map_err(|_| SnapshotDecodeError::Length {
+            len: data.len(),
+            expected: 8,
+        })?;
         self.0 = u64::from_le_bytes(raw);
         Ok(())
     }

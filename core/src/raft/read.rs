@@ -1,11 +1,13 @@
 //! Linearizable reads without log writes: ReadIndex (thesis §6.4), follower reads through the
 //! leader, and optional leader leases (§6.4.1, unsafe under clock drift).
 
-use crate::ids::{LogIndex, NodeId, ReadId};
+use crate::ids::{LogIndex, NodeId, ReadId, Term};
 use crate::raft::config::ReadMode;
+use crate::raft::error::ReadError;
 use crate::raft::io::{Event, Role};
+use crate::raft::leader::{LeaderRead, ReadOrigin};
 use crate::raft::message::Body;
-use crate::raft::node::{LeaderRead, RaftNode, ReadError, ReadOrigin};
+use crate::raft::node::RaftNode;
 use crate::raft::state_machine::StateMachine;
 use crate::time::Instant;
 
@@ -50,6 +52,12 @@ impl<S: StateMachine> RaftNode<S> {
         let now = self.now;
         let lease_mode = self.cfg.read_mode == ReadMode::LeaseBased;
         let lead = self.lead.as_mut().expect("leader");
+        assert_eq!(
+            self.role,
+            Role::Leader,
+            "{}: leader read off the leader",
+            self.id
+        );
         if !committed_in_term {
             // A new leader does not know the commit index until its no-op commits
             // (etcd TestReadOnlyForNewLeader).
@@ -72,7 +80,13 @@ impl<S: StateMachine> RaftNode<S> {
         lead.round_needed = true;
     }
 
-    pub(crate) fn on_read_index(&mut self, from: NodeId, id: ReadId) {
+    pub(crate) fn on_read_index(&mut self, from: NodeId, term: Term, id: ReadId) {
+        // Dispatch (`step`) settled the term: this message is from another node, in ours.
+        assert!(
+            from != self.id && term == self.term,
+            "{}: misrouted {from} {term}",
+            self.id
+        );
         if self.role != Role::Leader || self.pending_reads() >= self.cfg.pending_reads_max {
             self.send(from, Body::ReadIndexResp(id, None));
             return;
@@ -80,7 +94,19 @@ impl<S: StateMachine> RaftNode<S> {
         self.leader_read(ReadOrigin::Remote(from), id);
     }
 
-    pub(crate) fn on_read_index_resp(&mut self, from: NodeId, id: ReadId, index: Option<LogIndex>) {
+    pub(crate) fn on_read_index_resp(
+        &mut self,
+        from: NodeId,
+        term: Term,
+        id: ReadId,
+        index: Option<LogIndex>,
+    ) {
+        // Dispatch (`step`) settled the term: this message is from another node, in ours.
+        assert!(
+            from != self.id && term == self.term,
+            "{}: misrouted {from} {term}",
+            self.id
+        );
         match self.remote_reads.get(&id) {
             Some((leader, _)) if *leader == from => {}
             _ => {
@@ -144,6 +170,8 @@ impl<S: StateMachine> RaftNode<S> {
     }
 
     fn read_confirmed(&mut self, origin: ReadOrigin, id: ReadId, index: LogIndex) {
+        // A read index is a commit index of this leader's term (thesis §6.4 step 1).
+        assert!(index <= self.commit, "{}: read index past commit", self.id);
         match origin {
             ReadOrigin::Local => {
                 self.ready_reads

@@ -69,8 +69,7 @@ impl StateMachine for TestSm {
     }
 
     fn restore(&mut self, data: &[u8]) -> Result<(), SnapshotDecodeError> {
-        self.commands =
-            postcard::from_bytes(data).map_err(|e| SnapshotDecodeError(e.to_string()))?;
+        self.commands = postcard::from_bytes(data)?;
         Ok(())
     }
 }
