@@ -1299,7 +1299,7 @@ fn run_schedule(ops: &[Op], torn: bool, trace: bool) {
             }
             Op::Duplicate(i) if !c.net.is_empty() => {
                 let env = c.net[i % c.net.len()].clone();
-                c.deliver_envelope(env);
+                c.redeliver(env);
             }
             Op::Tick(k) => {
                 c.tick(id(k));
@@ -1373,6 +1373,11 @@ fn run_schedule(ops: &[Op], torn: bool, trace: bool) {
         "the final write was applied on the leader"
     );
     c.assert_converged(leader);
+    // The shared checker ran, at the boundary too (the final write's commit at least).
+    assert!(
+        !c.history.fabricated && c.history.checker.boundary_checks > 0,
+        "boundary checks did not run"
+    );
 }
 
 #[test]

@@ -8,6 +8,10 @@
 //! leadership transfer; client de-duplication by `(client, seq)`.
 
 mod apply;
+/// The safety checker shared by the simulators and the core's proptest: compiled only for tests
+/// and the `testing` feature, never into a release binary.
+#[cfg(any(test, fuzzing, feature = "testing"))]
+pub mod check;
 pub mod config;
 mod dispatch;
 mod election;

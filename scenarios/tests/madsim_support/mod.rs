@@ -6,12 +6,12 @@
 #![allow(clippy::disallowed_types)] // the checker and history are shared with node and client tasks
 
 use madsim::rand::Rng as _;
+use paloma_core::raft::check::SafetyChecker;
 use paloma_core::raft::io::Role;
 use paloma_core::raft::types::HardState;
 use paloma_core::raft::RaftNode;
 use paloma_core::{ClientId, NodeId};
 use paloma_runtime_sim::{ClientError, Cluster, CrashMode, Observer, SimConfig};
-use paloma_scenarios::check::SafetyChecker;
 use paloma_scenarios::history::{History, KvOp, OpId};
 use paloma_scenarios::kv::{decode_response, Kv, KvCommand};
 use std::ops::Range;
