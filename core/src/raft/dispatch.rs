@@ -236,7 +236,7 @@ impl<S: StateMachine> RaftNode<S> {
             if now >= hb {
                 self.tick_heartbeat();
             }
-        } else if self.election_deadline.is_some_and(|d| now >= d) {
+        } else if self.election.deadline.is_some_and(|d| now >= d) {
             self.on_election_timeout();
         }
     }

@@ -8,7 +8,37 @@ use crate::raft::message::{Body, Envelope, VoteRequest, VoteResponse};
 use crate::raft::node::RaftNode;
 use crate::raft::progress::Progress;
 use crate::raft::state_machine::StateMachine;
+use crate::time::Instant;
 use std::collections::{BTreeMap, VecDeque};
+
+/// Election timing and the votes of a campaign (Raft §5.2; thesis §9.6 for pre-votes).
+#[derive(Debug)]
+pub(crate) struct ElectionState {
+    /// When this node campaigns unless it hears from a leader; none while leading and for a
+    /// non-voter or a removed node, which never campaign.
+    pub(crate) deadline: Option<Instant>,
+    /// When this node last heard from a leader (leader stickiness, `in_lease`).
+    pub(crate) leader_contact: Option<Instant>,
+    /// Answers to the current (pre-)campaign: voter -> granted.
+    pub(crate) votes: BTreeMap<NodeId, bool>,
+    /// When this incarnation started (a restarted voter ignores votes for an election timeout).
+    pub(crate) started_at: Instant,
+    /// A leader told us we are not in its committed configuration: never campaign again.
+    pub(crate) removed: bool,
+}
+
+impl ElectionState {
+    /// The state of an incarnation started at `now`: no deadline drawn yet, no votes.
+    pub(crate) fn new(now: Instant) -> ElectionState {
+        ElectionState {
+            deadline: None,
+            leader_contact: None,
+            votes: BTreeMap::new(),
+            started_at: now,
+            removed: false,
+        }
+    }
+}
 
 impl<S: StateMachine> RaftNode<S> {
     /// A message from the leader of our term: follow it. Two leaders in one term would break
@@ -37,7 +67,7 @@ impl<S: StateMachine> RaftNode<S> {
     }
 
     fn note_leader_contact(&mut self, _from: NodeId) {
-        self.last_leader_contact = Some(self.now);
+        self.election.leader_contact = Some(self.now);
         self.reset_election_deadline();
     }
 
@@ -55,18 +85,19 @@ impl<S: StateMachine> RaftNode<S> {
         // leader whose lease counted this voter's last acknowledgement could be outlived by a new
         // leader this voter elects right after restarting, with no clock drift at all (thesis
         // §6.4.1 assumes a voter that acknowledged a leader refuses votes for a full timeout).
-        if self.now < self.started_at + self.cfg.election_timeout {
+        if self.now < self.election.started_at + self.cfg.election_timeout {
             return true;
         }
         self.leader.is_some()
             && self
-                .last_leader_contact
+                .election
+                .leader_contact
                 .is_some_and(|t| self.now < t + self.cfg.election_timeout)
     }
 
     pub(crate) fn on_election_timeout(&mut self) {
-        if self.removed || !self.log.membership().is_voter(self.id) {
-            self.election_deadline = None;
+        if self.election.removed || !self.log.membership().is_voter(self.id) {
+            self.election.deadline = None;
             return;
         }
         if self.cfg.pre_vote {
@@ -98,9 +129,9 @@ impl<S: StateMachine> RaftNode<S> {
         self.lead = None;
         self.leader = leader;
         assert!(self.term >= term, "{}: follower of an older term", self.id);
-        self.votes.clear();
+        self.election.votes.clear();
         if leader.is_some() {
-            self.last_leader_contact = Some(self.now);
+            self.election.leader_contact = Some(self.now);
         }
         self.fail_remote_reads();
         // Raft Figure 2: a follower's election timer restarts only when it hears from the leader
@@ -108,7 +139,7 @@ impl<S: StateMachine> RaftNode<S> {
         // does) lets a candidate with a stale log, which nobody will elect, hold back the timers
         // of every up-to-date node with each failed campaign: without pre-vote, the sweeps saw
         // two stale candidates keep a 5-node cluster leaderless for 10 s.
-        if leader.is_some() || self.election_deadline.is_none() {
+        if leader.is_some() || self.election.deadline.is_none() {
             self.reset_election_deadline();
         }
         self.drop_proposals_if_outside();
@@ -127,7 +158,7 @@ impl<S: StateMachine> RaftNode<S> {
         self.lead = None;
         self.leader = None;
         self.fail_remote_reads();
-        self.votes = BTreeMap::from([(self.id, true)]);
+        self.election.votes = BTreeMap::from([(self.id, true)]);
         self.reset_election_deadline();
         self.emit_role();
         // A pre-candidate asks for votes without raising its term (thesis §9.6).
@@ -164,7 +195,7 @@ impl<S: StateMachine> RaftNode<S> {
         self.term = self.term.next();
         self.vote = Some(self.id);
         self.outbox.mark_term_changed();
-        self.votes = BTreeMap::from([(self.id, true)]);
+        self.election.votes = BTreeMap::from([(self.id, true)]);
         self.reset_election_deadline();
         self.emit_role();
         let req = VoteRequest {
@@ -190,8 +221,8 @@ impl<S: StateMachine> RaftNode<S> {
         tracing::debug!(node = %self.id, term = %self.term, "became leader");
         self.role = Role::Leader;
         self.leader = Some(self.id);
-        self.election_deadline = None;
-        self.votes.clear();
+        self.election.deadline = None;
+        self.election.votes.clear();
         let now = self.now;
         let last = self.log.last_index();
         let progress = self
@@ -255,13 +286,13 @@ impl<S: StateMachine> RaftNode<S> {
         assert_ne!(from, self.id, "a node never removes itself by message");
         let last = self.log.last_id();
         let cannot_hold = config.index > last.index || last.term < config.term;
-        if self.removed || !cannot_hold {
+        if self.election.removed || !cannot_hold {
             self.stats.messages_stale += 1;
             return;
         }
         tracing::info!(node = %self.id, by = %from, ?config, "removed from the cluster");
-        self.removed = true;
-        self.election_deadline = None;
+        self.election.removed = true;
+        self.election.deadline = None;
         // What we proposed will never reach us now: its outcome is unknown here.
         let pending = std::mem::take(&mut self.local_proposals);
         self.drop_proposals(pending, crate::raft::io::DropReason::Removed);
@@ -341,7 +372,7 @@ impl<S: StateMachine> RaftNode<S> {
             self.stats.messages_stale += 1;
             return;
         }
-        self.votes.insert(from, resp.granted);
+        self.election.votes.insert(from, resp.granted);
         self.tally(pre);
     }
 
@@ -349,11 +380,13 @@ impl<S: StateMachine> RaftNode<S> {
         let quorum = self.log.membership().quorum();
         let voters = &self.log.membership().voters;
         let granted = self
+            .election
             .votes
             .iter()
             .filter(|(id, g)| **g && voters.contains(id))
             .count();
         let rejected = self
+            .election
             .votes
             .iter()
             .filter(|(id, g)| !**g && voters.contains(id))

@@ -116,12 +116,12 @@ impl<S: StateMachine> RaftNode<S> {
                     });
                 }
             }
-        } else if membership.is_voter(self.id) && !self.removed {
-            if self.election_deadline.is_none() {
+        } else if membership.is_voter(self.id) && !self.election.removed {
+            if self.election.deadline.is_none() {
                 self.reset_election_deadline();
             }
         } else {
-            self.election_deadline = None;
+            self.election.deadline = None;
         }
         self.drop_proposals_if_outside();
     }

@@ -6,13 +6,15 @@
 //! leader-only state, `membership.rs` configuration changes, `apply.rs` proposals and apply,
 //! `status.rs` and `error.rs` what the node reports.
 
-use crate::ids::{LogIndex, NodeId, ReadId, Term};
+use crate::ids::{LogIndex, NodeId, Term};
 use crate::raft::config::Config;
+use crate::raft::election::ElectionState;
 use crate::raft::error::{RecoveredLogError, StartError};
 use crate::raft::io::{Event, Proposal, Role, TimerKind};
 use crate::raft::leader::LeaderState;
 use crate::raft::log::RaftLog;
 use crate::raft::outbox::Outbox;
+use crate::raft::read::PendingReads;
 use crate::raft::snapshot::IncomingSnapshot;
 use crate::raft::state_machine::{DedupTable, StateMachine};
 use crate::raft::status::Stats;
@@ -20,47 +22,57 @@ use crate::raft::storage::Recovered;
 use crate::raft::types::Snapshot;
 use crate::rng::DetRng;
 use crate::time::Instant;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 
 /// One Raft replica, generic over the application state machine it drives.
 ///
 /// See the crate docs for the driving contract.
 #[derive(Debug)]
 pub struct RaftNode<S: StateMachine> {
+    /// Local tunables, validated once.
     pub(crate) cfg: Config,
+    /// This replica (`cfg.id`).
     pub(crate) id: NodeId,
+    /// The only randomness: election jitter, forked from the seed under `"raft"`.
     pub(crate) rng: DetRng,
+    /// The latest `now` a caller gave (never goes backwards).
     pub(crate) now: Instant,
+    /// Raft Figure 2 persistent state: the current term and our vote in it.
     pub(crate) term: Term,
+    /// Whom we voted for in `term`.
     pub(crate) vote: Option<NodeId>,
+    /// Entries, snapshot and membership history.
     pub(crate) log: RaftLog,
+    /// Highest index known committed (monotone).
     pub(crate) commit: LogIndex,
+    /// Highest index applied to `sm` (`applied <= commit`).
     pub(crate) applied: LogIndex,
+    /// The application.
     pub(crate) sm: S,
+    /// Client sessions (thesis §6.3), replicated state beside `sm`.
     pub(crate) dedup: DedupTable,
+    /// Follower, pre-candidate, candidate or leader.
     pub(crate) role: Role,
+    /// The leader we follow in `term`, if known.
     pub(crate) leader: Option<NodeId>,
-    pub(crate) election_deadline: Option<Instant>,
-    pub(crate) last_leader_contact: Option<Instant>,
-    pub(crate) votes: BTreeMap<NodeId, bool>,
+    /// Election timing, the current campaign's votes, whether we were removed.
+    pub(crate) election: ElectionState,
+    /// State that exists only while leading (`Some` iff `role == Leader`).
     pub(crate) lead: Option<LeaderState>,
+    /// A snapshot being received chunk by chunk.
     pub(crate) incoming_snapshot: Option<IncomingSnapshot>,
-    /// Confirmed reads waiting for apply to reach their index: (id, index, expires at).
-    pub(crate) ready_reads: VecDeque<(ReadId, LogIndex, Instant)>,
-    /// Reads forwarded to the leader: id -> (leader, sent at).
-    pub(crate) remote_reads: BTreeMap<ReadId, (NodeId, Instant)>,
+    /// Reads answered here once confirmed (the leader's own are in `lead`).
+    pub(crate) reads: PendingReads,
     /// Proposals made here, by index, awaiting apply: (what, term). Bounded by
     /// `pending_proposals_max`; each leaves with exactly one event: `Applied` or
     /// `MembershipApplied` on apply, `ProposalDropped` on truncation, snapshot install or a
     /// de-duplication refusal.
     pub(crate) local_proposals: BTreeMap<LogIndex, (Proposal, Term)>,
+    /// The latest wall time stamped into an entry: a new entry never goes back in time.
     pub(crate) last_unix_ms: u64,
-    /// When this incarnation started (a restarted voter ignores votes for an election timeout).
-    pub(crate) started_at: Instant,
-    /// A leader told us we are not in its committed configuration: never campaign again.
-    pub(crate) removed: bool,
     /// Writes to issue, messages held until their writes are durable, outputs to hand out.
     pub(crate) outbox: Outbox,
+    /// Counters of the unusual.
     pub(crate) stats: Stats,
 }
 
@@ -117,8 +129,6 @@ impl<S: StateMachine> RaftNode<S> {
                 None
             },
             last_unix_ms: log.entries().last().map_or(0, |e| e.unix_ms),
-            started_at: now,
-            removed: false,
             log,
             commit,
             applied,
@@ -126,13 +136,10 @@ impl<S: StateMachine> RaftNode<S> {
             dedup,
             role: Role::Follower,
             leader: None,
-            election_deadline: None,
-            last_leader_contact: None,
-            votes: BTreeMap::new(),
+            election: ElectionState::new(now),
             lead: None,
             incoming_snapshot: None,
-            ready_reads: VecDeque::new(),
-            remote_reads: BTreeMap::new(),
+            reads: PendingReads::default(),
             local_proposals: BTreeMap::new(),
             outbox,
             stats: Stats::default(),
@@ -168,7 +175,7 @@ impl<S: StateMachine> RaftNode<S> {
                 }
                 Some(best)
             }
-            None => self.election_deadline.map(|d| (d, TimerKind::Election)),
+            None => self.election.deadline.map(|d| (d, TimerKind::Election)),
         }
     }
 
@@ -296,15 +303,16 @@ impl<S: StateMachine> RaftNode<S> {
     /// campaign (a removed or learner node must not disrupt: thesis §4.2.3; etcd
     /// `confchange_v1_remove_leader.txt`).
     pub(crate) fn reset_election_deadline(&mut self) {
-        if self.lead.is_some() || self.removed || !self.log.membership().is_voter(self.id) {
-            self.election_deadline = None;
+        if self.lead.is_some() || self.election.removed || !self.log.membership().is_voter(self.id)
+        {
+            self.election.deadline = None;
             return;
         }
         let base = self.cfg.election_timeout;
         let jitter_nanos = self
             .rng
             .below(u64::try_from(base.as_nanos()).unwrap_or(u64::MAX).max(1));
-        self.election_deadline =
+        self.election.deadline =
             Some(self.now + base + std::time::Duration::from_nanos(jitter_nanos));
     }
 

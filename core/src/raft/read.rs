@@ -10,6 +10,17 @@ use crate::raft::message::Body;
 use crate::raft::node::RaftNode;
 use crate::raft::state_machine::StateMachine;
 use crate::time::Instant;
+use std::collections::{BTreeMap, VecDeque};
+
+/// Reads this node answers itself once they are confirmed (the leader's own wait in
+/// `LeaderState` for their heartbeat round first).
+#[derive(Debug, Default)]
+pub(crate) struct PendingReads {
+    /// Confirmed reads waiting for apply to reach their index: (id, index, expires at).
+    pub(crate) ready: VecDeque<(ReadId, LogIndex, Instant)>,
+    /// Reads forwarded to the leader: id -> (leader, sent at).
+    pub(crate) remote: BTreeMap<ReadId, (NodeId, Instant)>,
+}
 
 impl<S: StateMachine> RaftNode<S> {
     /// Asks for a linearizable read. When `Event::ReadReady { id, .. }` comes out, reading the local
@@ -28,7 +39,7 @@ impl<S: StateMachine> RaftNode<S> {
         let Some(leader) = self.leader else {
             return Err(ReadError::NoLeader);
         };
-        self.remote_reads.insert(id, (leader, self.now));
+        self.reads.remote.insert(id, (leader, self.now));
         self.send(leader, Body::ReadIndex(id));
         Ok(())
     }
@@ -42,7 +53,7 @@ impl<S: StateMachine> RaftNode<S> {
             .lead
             .as_ref()
             .map_or(0, |l| l.reads.len() + l.reads_before_commit.len());
-        leader + self.ready_reads.len() + self.remote_reads.len()
+        leader + self.reads.ready.len() + self.reads.remote.len()
     }
 
     /// Leader side of a read, local or on behalf of a follower.
@@ -107,17 +118,18 @@ impl<S: StateMachine> RaftNode<S> {
             "{}: misrouted {from} {term}",
             self.id
         );
-        match self.remote_reads.get(&id) {
+        match self.reads.remote.get(&id) {
             Some((leader, _)) if *leader == from => {}
             _ => {
                 self.stats.messages_stale += 1;
                 return;
             }
         }
-        self.remote_reads.remove(&id);
+        self.reads.remote.remove(&id);
         match index {
             Some(index) => {
-                self.ready_reads
+                self.reads
+                    .ready
                     .push_back((id, index, self.now + self.cfg.election_timeout));
                 self.release_ready_reads();
             }
@@ -174,7 +186,8 @@ impl<S: StateMachine> RaftNode<S> {
         assert!(index <= self.commit, "{}: read index past commit", self.id);
         match origin {
             ReadOrigin::Local => {
-                self.ready_reads
+                self.reads
+                    .ready
                     .push_back((id, index, self.now + self.cfg.election_timeout));
                 self.release_ready_reads();
             }
@@ -186,9 +199,9 @@ impl<S: StateMachine> RaftNode<S> {
     pub(crate) fn release_ready_reads(&mut self) {
         let applied = self.applied;
         let mut i = 0;
-        while i < self.ready_reads.len() {
-            if self.ready_reads[i].1 <= applied {
-                let (id, index, _) = self.ready_reads.remove(i).expect("in range");
+        while i < self.reads.ready.len() {
+            if self.reads.ready[i].1 <= applied {
+                let (id, index, _) = self.reads.ready.remove(i).expect("in range");
                 self.emit(Event::ReadReady { id, index });
             } else {
                 i += 1;
@@ -224,7 +237,7 @@ impl<S: StateMachine> RaftNode<S> {
 
     /// Role or leader changed: reads forwarded to the old leader fail.
     pub(crate) fn fail_remote_reads(&mut self) {
-        let ids: Vec<ReadId> = std::mem::take(&mut self.remote_reads).into_keys().collect();
+        let ids: Vec<ReadId> = std::mem::take(&mut self.reads.remote).into_keys().collect();
         for id in ids {
             self.emit(Event::ReadFailed { id });
         }
@@ -238,19 +251,20 @@ impl<S: StateMachine> RaftNode<S> {
         let timeout = self.cfg.election_timeout;
         let now = self.now;
         let expired: Vec<ReadId> = self
-            .remote_reads
+            .reads
+            .remote
             .iter()
             .filter(|(_, (_, sent))| now >= *sent + timeout)
             .map(|(id, _)| *id)
             .collect();
         for id in expired {
-            self.remote_reads.remove(&id);
+            self.reads.remote.remove(&id);
             self.emit(Event::ReadFailed { id });
         }
         let mut i = 0;
-        while i < self.ready_reads.len() {
-            if now >= self.ready_reads[i].2 {
-                let (id, _, _) = self.ready_reads.remove(i).expect("in range");
+        while i < self.reads.ready.len() {
+            if now >= self.reads.ready[i].2 {
+                let (id, _, _) = self.reads.ready.remove(i).expect("in range");
                 self.emit(Event::ReadFailed { id });
             } else {
                 i += 1;
@@ -261,11 +275,12 @@ impl<S: StateMachine> RaftNode<S> {
     /// When the oldest pending read expires, if any.
     pub(crate) fn read_expiry(&self) -> Option<Instant> {
         let remote = self
-            .remote_reads
+            .reads
+            .remote
             .values()
             .map(|(_, sent)| *sent + self.cfg.election_timeout)
             .min();
-        let ready = self.ready_reads.iter().map(|r| r.2).min();
+        let ready = self.reads.ready.iter().map(|r| r.2).min();
         match (remote, ready) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
