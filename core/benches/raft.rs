@@ -18,11 +18,11 @@
 // Wall-clock measurement is the point of a benchmark; the core itself never reads a clock.
 #![allow(clippy::disallowed_methods)]
 
-use paloma_core::io::{Event, Input, Output, Role};
+use paloma_core::raft::io::{Event, Input, Output, Role};
 use paloma_core::raft::message::{AppendRequest, Body, Envelope};
 use paloma_core::raft::state_machine::SnapshotDecodeError;
+use paloma_core::raft::storage::{MemStorage, Recovered, Storage};
 use paloma_core::raft::{ApplyContext, Config, Entry, Payload, RaftNode, StateMachine};
-use paloma_core::storage::{MemStorage, Recovered, Storage};
 use paloma_core::{ClientId, LogId, LogIndex, NodeId, Term};
 use std::collections::VecDeque;
 use std::hint::black_box;
@@ -44,9 +44,10 @@ impl StateMachine for Sum {
         self.0.to_le_bytes().to_vec()
     }
     fn restore(&mut self, data: &[u8]) -> Result<(), SnapshotDecodeError> {
-        let raw: [u8; 8] = data
-            .try_into()
-            .map_err(|_| SnapshotDecodeError("length".into()))?;
+        let raw: [u8; 8] = data.try_into().map_err(|_| SnapshotDecodeError::Length {
+            len: data.len(),
+            expected: 8,
+        })?;
         self.0 = u64::from_le_bytes(raw);
         Ok(())
     }

@@ -78,6 +78,29 @@ impl LogIndex {
     }
 }
 
+/// A user, named by the BLAKE3 hash of their identity Ed25519 public key (README,
+/// "Constructions"). It lives here with the other identifiers (ARCHITECTURE.md, "Identifiers and
+/// configuration") although only the session layer uses it today.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct UserId(pub [u8; 32]);
+
+impl UserId {
+    /// `BLAKE3(identity Ed25519 public key)`.
+    pub fn from_signing_key(signing_key: &[u8; 32]) -> Self {
+        Self(*blake3::hash(signing_key).as_bytes())
+    }
+}
+
+impl fmt::Debug for UserId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "UserId(")?;
+        for byte in &self.0[..6] {
+            write!(f, "{byte:02x}")?;
+        }
+        write!(f, "..)")
+    }
+}
+
 /// An entry's position and term. Log freshness compares `(term, index)` lexicographically
 /// (Raft §5.4.1; openraft fix a48a3282), which the derived `Ord` does because `term` comes first.
 #[derive(Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

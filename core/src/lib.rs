@@ -8,15 +8,18 @@
 //!
 //! A runtime owns one [`raft::RaftNode`] and loops:
 //!
-//! 1. feed an input with `handle(now, input)`: a message from a peer ([`io::Input::Message`], or raw
-//!    bytes through `handle_frame`), a completed write ([`io::Input::Persisted`]), or an expired
-//!    deadline ([`io::Input::Timeout`]); application calls (`propose`, `read`,
-//!    `change_membership`, `transfer_leadership`) take `now` too;
+//! 1. feed an input with `handle(now, input)`: a message from a peer
+//!    ([`raft::io::Input::Message`], or raw bytes through `handle_frame`), a completed write
+//!    ([`raft::io::Input::Persisted`]), or an expired deadline ([`raft::io::Input::Timeout`]);
+//!    application calls (`propose`, `read`, `change_membership`, `transfer_leadership`) take
+//!    `now` too;
 //! 2. drain [`raft::RaftNode::poll_output`] until it returns `None`, after **every** input:
-//!    - [`io::Output::Persist`]: apply the batch to durable storage in order, fsync, then feed
-//!      `Input::Persisted(seq)`. Batches must be made durable in `seq` order.
-//!    - [`io::Output::Send`]: send best effort; loss, duplication and reordering are tolerated.
-//!    - [`io::Output::Event`]: tell the application (applied proposals, ready reads, role changes);
+//!    - [`raft::io::Output::Persist`]: apply the batch to durable storage in order, fsync, then
+//!      feed `Input::Persisted(seq)`. Batches must be made durable in `seq` order.
+//!    - [`raft::io::Output::Send`]: send best effort; loss, duplication and reordering are
+//!      tolerated.
+//!    - [`raft::io::Output::Event`]: tell the application (applied proposals, ready reads, role
+//!      changes);
 //! 3. sleep until [`raft::RaftNode::poll_timeout`]'s deadline (it also names the timer's reason), or
 //!    until the next input arrives.
 //!
@@ -30,10 +33,10 @@
 //! give the same outputs.
 //!
 //! ```
-//! use paloma_core::io::{Input, Output};
+//! use paloma_core::raft::io::{Input, Output};
 //! use paloma_core::raft::{ApplyContext, Config, RaftNode, StateMachine};
 //! use paloma_core::raft::state_machine::SnapshotDecodeError;
-//! use paloma_core::storage::{MemStorage, Recovered, Storage};
+//! use paloma_core::raft::storage::{MemStorage, Recovered, Storage};
 //! use paloma_core::{ClientId, Instant, NodeId};
 //!
 //! /// A state machine that counts the bytes it was given.
@@ -46,7 +49,9 @@
 //!     }
 //!     fn snapshot(&self) -> Vec<u8> { self.0.to_le_bytes().to_vec() }
 //!     fn restore(&mut self, data: &[u8]) -> Result<(), SnapshotDecodeError> {
-//!         let raw: [u8; 8] = data.try_into().map_err(|_| SnapshotDecodeError("length".into()))?;
+//!         let raw: [u8; 8] = data
+//!             .try_into()
+//!             .map_err(|_| SnapshotDecodeError::Length { len: data.len(), expected: 8 })?;
 //!         self.0 = u64::from_le_bytes(raw);
 //!         Ok(())
 //!     }
@@ -68,12 +73,12 @@
 //!             }
 //!             Output::Send(_msg) => {} // no peers in a one-node cluster
 //!             Output::Event(ev) => {
-//!                 if let paloma_core::io::Event::Applied { response, .. } = ev { applied = Some(response); }
+//!                 if let paloma_core::raft::io::Event::Applied { response, .. } = ev { applied = Some(response); }
 //!             }
 //!         }
 //!     }
 //!     if applied.is_some() { break; }
-//!     if node.status().role == paloma_core::io::Role::Leader {
+//!     if node.status().role == paloma_core::raft::io::Role::Leader {
 //!         let _ = node.propose(now, 1_700_000_000_000, ClientId(7), 1, b"hello".to_vec());
 //!         continue;
 //!     }
@@ -85,17 +90,11 @@
 //! assert_eq!(applied, Some(5u64.to_le_bytes().to_vec()));
 //! ```
 
-/// Fuzz entry points: compiled only for tests, cargo-fuzz (`--cfg fuzzing`) and the `testing`
-/// feature, never into a release binary.
-#[cfg(any(test, fuzzing, feature = "testing"))]
-pub mod fuzz;
 pub mod ids;
-pub mod io;
 pub mod raft;
 pub mod rng;
 pub mod session;
-pub mod storage;
 pub mod time;
 
-pub use ids::{ClientId, LogId, LogIndex, NodeId, PersistSeq, ReadId, Term};
+pub use ids::{ClientId, LogId, LogIndex, NodeId, PersistSeq, ReadId, Term, UserId};
 pub use time::Instant;

@@ -8,10 +8,10 @@
 
 mod support;
 
-use paloma_core::io::{Role, TimerKind};
+use paloma_core::raft::io::{Role, TimerKind};
 use paloma_core::raft::message::{AppendResponse, Body, Envelope};
+use paloma_core::raft::storage::{PersistBatch, PersistOp};
 use paloma_core::raft::{Membership, MembershipChange};
-use paloma_core::storage::{PersistBatch, PersistOp};
 use paloma_core::{LogId, LogIndex, NodeId, Term};
 use std::collections::BTreeSet;
 use support::{
@@ -480,7 +480,7 @@ fn split_vote_resolves_by_randomized_timeouts() {
     assert_eq!(c.status(leader).term, Term(2), "resolved in the next term");
     let campaigns: u64 = c.nodes.values().map(|x| x.raft.stats().campaigns).sum();
     assert_eq!(campaigns, 3, "two in term 1, one in term 2");
-    assert_eq!(c.history.leaders.len(), 1);
+    assert_eq!(c.history.checker.leaders().len(), 1);
     for id in c.ids() {
         assert_eq!(c.status(id).leader, Some(leader), "{id}");
     }

@@ -10,15 +10,15 @@
 
 mod support;
 
-use paloma_core::fuzz::{raft_decode, raft_frames, LastCommand};
-use paloma_core::io::{Input, Output, Role};
+use paloma_core::raft::fuzz::{raft_decode, raft_frames, LastCommand};
+use paloma_core::raft::io::{Input, Output, Role};
 use paloma_core::raft::message::{
     AppendRequest, AppendResponse, Body, Envelope, HeartbeatRequest, HeartbeatResponse,
     SnapshotAck, SnapshotChunk, VoteRequest, VoteResponse,
 };
 use paloma_core::raft::state_machine::DedupTable;
+use paloma_core::raft::storage::Recovered;
 use paloma_core::raft::{Config, Entry, Membership, Payload, RaftNode, SnapshotMeta};
-use paloma_core::storage::Recovered;
 use paloma_core::{ClientId, Instant, LogId, LogIndex, NodeId, ReadId, Term};
 use std::path::{Path, PathBuf};
 use std::time::Duration;

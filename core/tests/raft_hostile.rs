@@ -1,13 +1,13 @@
 //! Regression tests for hostile input: hostile extreme values are dropped and counted,
 //! and a leader's messages wait until its term is durable.
 
-use paloma_core::fuzz::LastCommand;
-use paloma_core::io::{Input, Output, Role};
+use paloma_core::raft::fuzz::LastCommand;
+use paloma_core::raft::io::{Input, Output, Role};
 use paloma_core::raft::message::{
     AppendRequest, Body, Envelope, HeartbeatRequest, SnapshotChunk, VoteResponse,
 };
+use paloma_core::raft::storage::Recovered;
 use paloma_core::raft::{Config, Entry, Membership, Payload, RaftNode, Snapshot, SnapshotMeta};
-use paloma_core::storage::Recovered;
 use paloma_core::{Instant, LogId, LogIndex, NodeId, Term};
 use std::time::Duration;
 

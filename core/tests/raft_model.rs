@@ -79,12 +79,12 @@
 //! Raft must tolerate anyway), and, where a check says so, paths longer than a depth limit per
 //! initial state. Within them the search is exhaustive.
 
-use paloma_core::io::{Input, Output, Role, TimerKind};
+use paloma_core::raft::io::{Input, Output, Role, TimerKind};
 use paloma_core::raft::state_machine::SnapshotDecodeError;
+use paloma_core::raft::storage::{MemStorage, PersistBatch, Recovered, Storage};
 use paloma_core::raft::{
     ApplyContext, Body, Config, Entry, Envelope, Payload, RaftNode, StateMachine,
 };
-use paloma_core::storage::{MemStorage, PersistBatch, Recovered, Storage};
 use paloma_core::{ClientId, Instant, LogId, NodeId};
 use stateright::report::{ReportData, ReportDiscovery, Reporter};
 use stateright::{Checker, HasDiscoveries, Model, Property};

@@ -16,13 +16,13 @@
 
 mod support;
 
-use paloma_core::io::{Input, Role, TimerKind};
+use paloma_core::raft::io::{Input, Role, TimerKind};
 use paloma_core::raft::message::{
     AppendRequest, AppendResponse, Body, Envelope, HeartbeatRequest, HeartbeatResponse,
     VoteRequest, VoteResponse,
 };
+use paloma_core::raft::storage::{PersistOp, Recovered};
 use paloma_core::raft::{Config, Entry, Payload};
-use paloma_core::storage::{PersistOp, Recovered};
 use paloma_core::{ClientId, LogId, LogIndex, NodeId, Term};
 use std::time::Duration;
 use support::{campaign_only, msg, n, noop, recovered_with_log, Cluster, ET};

@@ -7,12 +7,12 @@
 
 mod support;
 
-use paloma_core::io::{Event, Role, TimerKind};
+use paloma_core::raft::io::{Event, Role, TimerKind};
 use paloma_core::raft::message::{AppendResponse, Body, Envelope, VoteResponse};
+use paloma_core::raft::storage::PersistOp;
 use paloma_core::raft::{
     Membership, MembershipChange, MembershipError, ProposeError, TransferError,
 };
-use paloma_core::storage::PersistOp;
 use paloma_core::{LogId, LogIndex, ReadId, Term};
 use proptest::prelude::*;
 use std::time::Duration;
@@ -1299,7 +1299,7 @@ fn run_schedule(ops: &[Op], torn: bool, trace: bool) {
             }
             Op::Duplicate(i) if !c.net.is_empty() => {
                 let env = c.net[i % c.net.len()].clone();
-                c.deliver_envelope(env);
+                c.redeliver(env);
             }
             Op::Tick(k) => {
                 c.tick(id(k));
@@ -1373,6 +1373,11 @@ fn run_schedule(ops: &[Op], torn: bool, trace: bool) {
         "the final write was applied on the leader"
     );
     c.assert_converged(leader);
+    // The shared checker ran, at the boundary too (the final write's commit at least).
+    assert!(
+        !c.history.fabricated && c.history.checker.boundary_checks > 0,
+        "boundary checks did not run"
+    );
 }
 
 #[test]

@@ -1,4 +1,4 @@
-//! Fuzz target: see `paloma_core::fuzz::raft_decode` (frame decoding and the encode round trip).
+//! Fuzz target: see `paloma_core::raft::fuzz::raft_decode` (frame decoding and the encode round trip).
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| paloma_core::fuzz::raft_decode(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| paloma_core::raft::fuzz::raft_decode(data));

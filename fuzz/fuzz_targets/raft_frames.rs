@@ -1,4 +1,4 @@
-//! Fuzz target: see `paloma_core::fuzz::raft_frames` (length-prefixed frames stepping a follower).
+//! Fuzz target: see `paloma_core::raft::fuzz::raft_frames` (length-prefixed frames stepping a follower).
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| paloma_core::fuzz::raft_frames(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| paloma_core::raft::fuzz::raft_frames(data));

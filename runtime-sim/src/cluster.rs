@@ -19,7 +19,7 @@ use crate::trace::Trace;
 use madsim::net::NetSim;
 use madsim::rand::Rng as _;
 use madsim::runtime::{Handle, NodeHandle};
-use paloma_core::io::Role;
+use paloma_core::raft::io::Role;
 use paloma_core::raft::{Config, StateMachine, Status};
 use paloma_core::{ClientId, NodeId};
 use paloma_runtime_tokio::driver::{ClientError, NodeHandle as Driven};

@@ -363,8 +363,8 @@ impl SplitMix {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use paloma_core::raft::storage::{MemStorage, PersistBatch, PersistOp, Recovered, Storage};
     use paloma_core::raft::types::{Entry, HardState, Payload};
-    use paloma_core::storage::{MemStorage, PersistBatch, PersistOp, Recovered, Storage};
     use paloma_core::{ClientId, LogId, LogIndex, NodeId, PersistSeq, Term};
     use paloma_runtime_tokio::RedbStorage;
     use redb::StorageBackend as _;

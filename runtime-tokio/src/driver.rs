@@ -15,13 +15,13 @@
 //! among ready branches is deterministic).
 
 use crate::persist::{self, Persister, QUEUE_BATCHES_MAX};
-use paloma_core::io::{DropReason, Event, Input, Output, Proposal, Role};
+use paloma_core::raft::io::{DropReason, Event, Input, Output, Proposal, Role};
 use paloma_core::raft::message::Envelope;
+use paloma_core::raft::storage::PersistBatch;
 use paloma_core::raft::{
     MembershipChange, MembershipError, ProposeError, RaftNode, ReadError, StateMachine,
     TransferError,
 };
-use paloma_core::storage::PersistBatch;
 use paloma_core::{ClientId, Instant, LogIndex, NodeId, PersistSeq, ReadId};
 use std::any::Any;
 use std::collections::BTreeMap;

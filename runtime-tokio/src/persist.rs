@@ -14,7 +14,7 @@
 //! acknowledge. The driver stops when the task ends.
 
 use crate::storage::{RedbStorage, StorageError};
-use paloma_core::storage::PersistBatch;
+use paloma_core::raft::storage::PersistBatch;
 use paloma_core::PersistSeq;
 use std::future::Future;
 use tokio::sync::{mpsc, watch};

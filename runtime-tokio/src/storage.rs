@@ -13,15 +13,15 @@
 //! self-describing, so the byte is what lets a later release read this format (ARCHITECTURE.md,
 //! "Versioned formats").
 //!
-//! The meaning of each [`PersistOp`] is written once, in [`paloma_core::storage::apply_op`]; this
+//! The meaning of each [`PersistOp`] is written once, in [`paloma_core::raft::storage::apply_op`]; this
 //! file mirrors those rules on tables, and its tests compare it with `MemStorage` over random op
 //! sequences, and after recovery from a reopened file.
 //!
 //! The backend is any [`redb::StorageBackend`], so the simulator can pass a disk that loses or tears
 //! unsynced writes on a crash; [`RedbStorage::open`] is the convenience for a file.
 
+use paloma_core::raft::storage::{PersistBatch, PersistOp, Recovered, Storage};
 use paloma_core::raft::types::{Entry, HardState, Snapshot};
-use paloma_core::storage::{PersistBatch, PersistOp, Recovered, Storage};
 use paloma_core::{LogId, LogIndex};
 use redb::{
     Database, Durability, ReadableDatabase, ReadableTable, StorageBackend, TableDefinition,
@@ -190,7 +190,7 @@ impl Storage for RedbStorage {
 type MetaTable<'t> = redb::Table<'t, &'static str, &'static [u8]>;
 type LogTable<'t> = redb::Table<'t, u64, &'static [u8]>;
 
-/// One operation, with exactly the rules of `paloma_core::storage::apply_op`.
+/// One operation, with exactly the rules of `paloma_core::raft::storage::apply_op`.
 fn apply(
     meta: &mut MetaTable<'_>,
     log: &mut LogTable<'_>,
@@ -286,8 +286,8 @@ fn decode<T: DeserializeOwned>(what: &'static str, bytes: &[u8]) -> Result<T, St
 #[cfg(test)]
 mod tests {
     use super::*;
+    use paloma_core::raft::storage::MemStorage;
     use paloma_core::raft::types::{Membership, Payload, SnapshotMeta};
-    use paloma_core::storage::MemStorage;
     use paloma_core::{ClientId, NodeId, PersistSeq, Term};
     use proptest::prelude::*;
     use redb::backends::InMemoryBackend;

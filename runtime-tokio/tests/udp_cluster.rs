@@ -7,8 +7,8 @@
 #![cfg(not(madsim))]
 
 use paloma_core::raft::state_machine::SnapshotDecodeError;
+use paloma_core::raft::storage::{PersistBatch, PersistOp, Recovered, Storage};
 use paloma_core::raft::{ApplyContext, Config, RaftNode, StateMachine};
-use paloma_core::storage::{PersistBatch, PersistOp, Recovered, Storage};
 use paloma_core::{ClientId, NodeId, PersistSeq};
 use paloma_runtime_tokio::driver::{self, ClientError, NodeHandle, Parts, TracingHooks};
 use paloma_runtime_tokio::net::{MonotonicClock, UdpTransport};
@@ -31,9 +31,10 @@ impl StateMachine for Sum {
         self.0.to_le_bytes().to_vec()
     }
     fn restore(&mut self, data: &[u8]) -> Result<(), SnapshotDecodeError> {
-        let raw: [u8; 8] = data
-            .try_into()
-            .map_err(|_| SnapshotDecodeError("length".into()))?;
+        let raw: [u8; 8] = data.try_into().map_err(|_| SnapshotDecodeError::Length {
+            len: data.len(),
+            expected: 8,
+        })?;
         self.0 = u64::from_le_bytes(raw);
         Ok(())
     }

@@ -99,14 +99,11 @@ impl StateMachine for Kv {
     }
 
     fn restore(&mut self, data: &[u8]) -> Result<(), SnapshotDecodeError> {
-        let (&v, body) = data
-            .split_first()
-            .ok_or_else(|| SnapshotDecodeError("empty".into()))?;
+        let (&v, body) = data.split_first().ok_or(SnapshotDecodeError::Empty)?;
         if v != 1 {
-            return Err(SnapshotDecodeError(format!("kv snapshot version {v}")));
+            return Err(SnapshotDecodeError::Version(v));
         }
-        let (map, applied): (BTreeMap<u8, u64>, u64) =
-            postcard::from_bytes(body).map_err(|e| SnapshotDecodeError(e.to_string()))?;
+        let (map, applied): (BTreeMap<u8, u64>, u64) = postcard::from_bytes(body)?;
         self.map = map;
         self.applied_commands = applied;
         Ok(())

@@ -18,18 +18,18 @@
 
 #![allow(clippy::disallowed_types)] // the checker and history are shared with node and client tasks
 
-use crate::check::SafetyChecker;
 use crate::fastsim::{Fault, FaultPlan, Faults, Unsynced};
 use crate::history::{History, KvOp, OpId};
 use crate::kv::{decode_response, Kv, KvCommand};
 use crate::workload::{OpGen, Workload};
 use madsim::rand::Rng as _;
-use paloma_core::io::{DropReason, Role};
+use paloma_core::raft::check::SafetyChecker;
+use paloma_core::raft::io::{DropReason, Role};
 use paloma_core::raft::message::Envelope;
+use paloma_core::raft::storage::Recovered;
 use paloma_core::raft::types::HardState;
 use paloma_core::raft::RaftNode;
 use paloma_core::rng::DetRng;
-use paloma_core::storage::Recovered;
 use paloma_core::{ClientId, NodeId};
 use paloma_runtime_sim::{ClientError, Cluster, CrashMode, DurableImages, Observer, SimConfig};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

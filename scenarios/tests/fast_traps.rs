@@ -2,7 +2,7 @@
 //! simulator. Each drives the cluster into the trap, asserts what must (not) happen, then lets the
 //! run finish so the safety checkers, the liveness phase and the linearizability check all apply.
 
-use paloma_core::io::Role;
+use paloma_core::raft::io::Role;
 use paloma_core::raft::{MembershipChange, ReadMode};
 use paloma_core::{ClientId, NodeId, ReadId, Term};
 use paloma_scenarios::fastsim::{Faults, Report, Sim, SimConfig};

@@ -108,61 +108,78 @@ impl Default for Config {
 }
 
 /// A configuration value is out of range.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid raft config: {0}")]
-pub struct ConfigError(pub &'static str);
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// `heartbeat_interval` is zero.
+    #[error("heartbeat_interval must be positive")]
+    HeartbeatZero,
+    /// `election_timeout` is under two heartbeat intervals.
+    #[error("election_timeout must be at least two heartbeat intervals")]
+    ElectionTimeoutTooShort,
+    /// `append_timeout` is under one heartbeat interval.
+    #[error("append_timeout must be at least one heartbeat interval")]
+    AppendTimeoutTooShort,
+    /// A batch, window or chunk size is zero.
+    #[error("batch, window and chunk sizes must be positive")]
+    SizeZero,
+    /// `frame_bytes_max` cannot hold a whole command or snapshot chunk.
+    #[error("frame_bytes_max must hold a whole command and a snapshot chunk")]
+    FrameTooSmall,
+    /// `snapshot_threshold_entries` or `dedup_clients_max` is zero.
+    #[error("snapshot_threshold_entries and dedup_clients_max must be positive")]
+    ThresholdZero,
+    /// `ReadMode::LeaseBased` without `check_quorum`.
+    #[error("lease reads need check_quorum")]
+    LeaseWithoutCheckQuorum,
+    /// `clock_drift_max_ppm` is 50% or more.
+    #[error("clock_drift_max_ppm must be below 50%")]
+    DriftTooLarge,
+    /// A queue limit is zero (or the outbox holds fewer than 16 messages).
+    #[error("queue limits must be positive")]
+    QueueLimitZero,
+}
 
 impl Config {
     /// Checks the relations between values.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.heartbeat_interval.is_zero() {
-            return Err(ConfigError("heartbeat_interval must be positive"));
+            return Err(ConfigError::HeartbeatZero);
         }
         if self.election_timeout < self.heartbeat_interval * 2 {
-            return Err(ConfigError(
-                "election_timeout must be at least two heartbeat intervals",
-            ));
+            return Err(ConfigError::ElectionTimeoutTooShort);
         }
         if self.append_timeout < self.heartbeat_interval {
-            return Err(ConfigError(
-                "append_timeout must be at least one heartbeat interval",
-            ));
+            return Err(ConfigError::AppendTimeoutTooShort);
         }
         if self.append_entries_max == 0
             || self.inflight_messages_max == 0
             || self.snapshot_chunk_bytes == 0
         {
-            return Err(ConfigError(
-                "batch, window and chunk sizes must be positive",
-            ));
+            return Err(ConfigError::SizeZero);
         }
         if self.command_bytes_max + 1024 > self.frame_bytes_max
             || self.snapshot_chunk_bytes + 4096 > self.frame_bytes_max
         {
-            return Err(ConfigError(
-                "frame_bytes_max must hold a whole command and a snapshot chunk",
-            ));
+            return Err(ConfigError::FrameTooSmall);
         }
         if self.snapshot_threshold_entries == 0 || self.dedup_clients_max == 0 {
-            return Err(ConfigError(
-                "snapshot_threshold_entries and dedup_clients_max must be positive",
-            ));
+            return Err(ConfigError::ThresholdZero);
         }
         if self.read_mode == ReadMode::LeaseBased && !self.check_quorum {
             // Without check-quorum a deposed leader keeps believing it leads, and voters grant
             // votes without waiting out the lease: nothing bounds a lease (etcd refuses the same
             // combination: "CheckQuorum must be enabled when ReadOnlyOption is ReadOnlyLeaseBased").
-            return Err(ConfigError("lease reads need check_quorum"));
+            return Err(ConfigError::LeaseWithoutCheckQuorum);
         }
         if self.clock_drift_max_ppm >= 500_000 {
-            return Err(ConfigError("clock_drift_max_ppm must be below 50%"));
+            return Err(ConfigError::DriftTooLarge);
         }
         if self.outbox_messages_max < 16
             || self.pending_reads_max == 0
             || self.pending_proposals_max == 0
             || self.uncommitted_entries_max == 0
         {
-            return Err(ConfigError("queue limits must be positive"));
+            return Err(ConfigError::QueueLimitZero);
         }
         Ok(())
     }
@@ -190,9 +207,6 @@ mod tests {
             check_quorum: false,
             ..Config::default()
         };
-        assert_eq!(
-            bad.validate(),
-            Err(ConfigError("lease reads need check_quorum"))
-        );
+        assert_eq!(bad.validate(), Err(ConfigError::LeaseWithoutCheckQuorum));
     }
 }

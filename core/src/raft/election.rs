@@ -1,142 +1,49 @@
 //! Elections: pre-vote (thesis §9.6), votes (Raft §5.2, §5.4.1), check-quorum and leader
-//! stickiness (thesis §6.2 / §9.6), and the dispatch of every incoming message by term.
+//! stickiness (thesis §6.2 / §9.6). Messages reach these handlers through `dispatch.rs`.
 
 use crate::ids::{LogId, LogIndex, NodeId, Term};
-use crate::io::Role;
+use crate::raft::io::Role;
+use crate::raft::leader::LeaderState;
 use crate::raft::message::{Body, Envelope, VoteRequest, VoteResponse};
-use crate::raft::node::{LeaderState, RaftNode};
+use crate::raft::node::RaftNode;
 use crate::raft::progress::Progress;
 use crate::raft::state_machine::StateMachine;
+use crate::time::Instant;
 use std::collections::{BTreeMap, VecDeque};
 
-/// Terms and indexes beyond 2^62 cannot arise in a real cluster (a billion entries a second for
-/// 146 years); a peer that sends one is hostile or broken, and accepting it would overflow the
-/// arithmetic on terms and indexes (a hostile peer must not overflow them).
-const PLAUSIBLE_MAX: u64 = 1 << 62;
+/// Election timing and the votes of a campaign (Raft §5.2; thesis §9.6 for pre-votes).
+#[derive(Debug)]
+pub(crate) struct ElectionState {
+    /// When this node campaigns unless it hears from a leader; none while leading and for a
+    /// non-voter or a removed node, which never campaign.
+    pub(crate) deadline: Option<Instant>,
+    /// When this node last heard from a leader (leader stickiness, `in_lease`).
+    pub(crate) leader_contact: Option<Instant>,
+    /// Answers to the current (pre-)campaign: voter -> granted.
+    pub(crate) votes: BTreeMap<NodeId, bool>,
+    /// When this incarnation started (a restarted voter ignores votes for an election timeout).
+    pub(crate) started_at: Instant,
+    /// A leader told us we are not in its committed configuration: never campaign again.
+    pub(crate) removed: bool,
+}
 
-fn plausible(env: &Envelope) -> bool {
-    let ok = |id: crate::ids::LogId| id.index.0 <= PLAUSIBLE_MAX && id.term.0 <= PLAUSIBLE_MAX;
-    let idx = |i: crate::ids::LogIndex| i.0 <= PLAUSIBLE_MAX;
-    env.term.0 <= PLAUSIBLE_MAX
-        && match &env.body {
-            Body::PreVote(r) | Body::Vote(r) => ok(r.last_log),
-            Body::Append(a) => ok(a.prev) && idx(a.commit) && a.entries.iter().all(|e| ok(e.id)),
-            Body::AppendResp(crate::raft::message::AppendResponse::Accepted { match_index }) => {
-                idx(*match_index)
-            }
-            Body::AppendResp(crate::raft::message::AppendResponse::Rejected { rejected, hint }) => {
-                idx(*rejected) && ok(*hint)
-            }
-            Body::Heartbeat(h) => idx(h.commit),
-            Body::HeartbeatResp(h) => idx(h.last_index),
-            Body::Snapshot(c) => ok(c.meta.last),
-            Body::SnapshotResp(a) => ok(a.last),
-            Body::ReadIndexResp(_, Some(i)) => idx(*i),
-            Body::Removed { config } => ok(*config),
-            Body::PreVoteResp(_)
-            | Body::VoteResp(_)
-            | Body::TimeoutNow
-            | Body::ReadIndex(_)
-            | Body::ReadIndexResp(_, None) => true,
+impl ElectionState {
+    /// The state of an incarnation started at `now`: no deadline drawn yet, no votes.
+    pub(crate) fn new(now: Instant) -> ElectionState {
+        ElectionState {
+            deadline: None,
+            leader_contact: None,
+            votes: BTreeMap::new(),
+            started_at: now,
+            removed: false,
         }
+    }
 }
 
 impl<S: StateMachine> RaftNode<S> {
-    /// Entry point for every message: term rules first (Raft §5.1), then per-kind handlers.
-    pub(crate) fn step(&mut self, env: Envelope) {
-        if env.to != self.id || env.from == self.id || !plausible(&env) {
-            self.stats.messages_invalid += 1;
-            return;
-        }
-        // Removal notices are about the log, not the term (see `on_removed`); a (pre-)vote from a
-        // node our committed configuration removed is answered with one, whatever the terms.
-        match &env.body {
-            Body::Removed { config } => {
-                self.on_removed(env.from, *config);
-                return;
-            }
-            Body::PreVote(req) | Body::Vote(req) => {
-                if let Some(config) = self.removal_known(env.from, req.last_log) {
-                    self.send(env.from, Body::Removed { config });
-                    return;
-                }
-            }
-            _ => {}
-        }
-        if env.term > self.term {
-            match &env.body {
-                // A pre-vote carries the term the sender *would* use; it changes nobody's term.
-                Body::PreVote(_) => {}
-                // A granted pre-vote answer carries our own future term.
-                Body::PreVoteResp(VoteResponse { granted: true }) => {}
-                Body::Vote(req) if self.in_lease() && !req.transfer => {
-                    // Leader stickiness: a node that heard from a leader within the election timeout
-                    // neither votes nor adopts the term (disruptive rejoiner, thesis §9.6; etcd `checkquorum.txt`).
-                    self.stats.votes_ignored_in_lease += 1;
-                    return;
-                }
-                Body::Append(_) | Body::Heartbeat(_) | Body::Snapshot(_) => {
-                    self.become_follower(env.term, Some(env.from))
-                }
-                _ => self.become_follower(env.term, None),
-            }
-        } else if env.term < self.term {
-            self.stats.messages_stale += 1;
-            match env.body {
-                // Tell a stale leader about the newer term so it steps down (etcd: needed with
-                // pre-vote/check-quorum, or a partitioned old leader never learns).
-                Body::Append(_) | Body::Heartbeat(_) | Body::Snapshot(_) => {
-                    let resp = crate::raft::message::HeartbeatResponse {
-                        round: 0,
-                        last_index: self.log.last_index(),
-                    };
-                    self.send(env.from, Body::HeartbeatResp(resp));
-                }
-                Body::PreVote(_) => {
-                    self.send(env.from, Body::PreVoteResp(VoteResponse { granted: false }))
-                }
-                Body::Vote(_) => {
-                    self.send(env.from, Body::VoteResp(VoteResponse { granted: false }))
-                }
-                _ => {}
-            }
-            return;
-        }
-        let from = env.from;
-        let term = env.term;
-        match env.body {
-            Body::PreVote(req) => self.on_pre_vote(from, term, req),
-            Body::PreVoteResp(resp) => self.on_vote_resp(from, term, resp, true),
-            Body::Vote(req) => self.on_vote(from, req),
-            Body::VoteResp(resp) => self.on_vote_resp(from, term, resp, false),
-            Body::Append(req) => {
-                if self.accept_leader(from) {
-                    self.on_append(from, req);
-                }
-            }
-            Body::AppendResp(resp) => self.on_append_resp(from, resp),
-            Body::Heartbeat(req) => {
-                if self.accept_leader(from) {
-                    self.on_heartbeat(from, req);
-                }
-            }
-            Body::HeartbeatResp(resp) => self.on_heartbeat_resp(from, resp),
-            Body::Snapshot(chunk) => {
-                if self.accept_leader(from) {
-                    self.on_snapshot_chunk(from, chunk);
-                }
-            }
-            Body::SnapshotResp(ack) => self.on_snapshot_ack(from, ack),
-            Body::TimeoutNow => self.on_timeout_now(from),
-            Body::ReadIndex(id) => self.on_read_index(from, id),
-            Body::ReadIndexResp(id, index) => self.on_read_index_resp(from, id, index),
-            Body::Removed { .. } => {}
-        }
-    }
-
     /// A message from the leader of our term: follow it. Two leaders in one term would break
     /// election safety, so a claim from another node while we lead is counted and dropped.
-    fn accept_leader(&mut self, from: NodeId) -> bool {
+    pub(crate) fn accept_leader(&mut self, from: NodeId) -> bool {
         match self.role {
             Role::Leader => {
                 self.stats.messages_invalid += 1;
@@ -160,7 +67,7 @@ impl<S: StateMachine> RaftNode<S> {
     }
 
     fn note_leader_contact(&mut self, _from: NodeId) {
-        self.last_leader_contact = Some(self.now);
+        self.election.leader_contact = Some(self.now);
         self.reset_election_deadline();
     }
 
@@ -178,18 +85,19 @@ impl<S: StateMachine> RaftNode<S> {
         // leader whose lease counted this voter's last acknowledgement could be outlived by a new
         // leader this voter elects right after restarting, with no clock drift at all (thesis
         // §6.4.1 assumes a voter that acknowledged a leader refuses votes for a full timeout).
-        if self.now < self.started_at + self.cfg.election_timeout {
+        if self.now < self.election.started_at + self.cfg.election_timeout {
             return true;
         }
         self.leader.is_some()
             && self
-                .last_leader_contact
+                .election
+                .leader_contact
                 .is_some_and(|t| self.now < t + self.cfg.election_timeout)
     }
 
     pub(crate) fn on_election_timeout(&mut self) {
-        if self.removed || !self.log.membership().is_voter(self.id) {
-            self.election_deadline = None;
+        if self.election.removed || !self.log.membership().is_voter(self.id) {
+            self.election.deadline = None;
             return;
         }
         if self.cfg.pre_vote {
@@ -204,25 +112,26 @@ impl<S: StateMachine> RaftNode<S> {
         if term > self.term {
             self.term = term;
             self.vote = None;
-            self.mark_term_changed();
+            self.outbox.mark_term_changed();
             // A transfer from an older term's leader will never complete.
             self.incoming_snapshot = None;
         }
         if self.role == Role::Leader {
             self.fail_leader_reads();
             if let Some((to, _)) = self.lead.as_ref().and_then(|l| l.transfer) {
-                self.emit(crate::io::Event::TransferEnded {
+                self.emit(crate::raft::io::Event::TransferEnded {
                     to,
-                    outcome: crate::io::TransferOutcome::SteppedDown,
+                    outcome: crate::raft::io::TransferOutcome::SteppedDown,
                 });
             }
         }
         self.role = Role::Follower;
         self.lead = None;
         self.leader = leader;
-        self.votes.clear();
+        assert!(self.term >= term, "{}: follower of an older term", self.id);
+        self.election.votes.clear();
         if leader.is_some() {
-            self.last_leader_contact = Some(self.now);
+            self.election.leader_contact = Some(self.now);
         }
         self.fail_remote_reads();
         // Raft Figure 2: a follower's election timer restarts only when it hears from the leader
@@ -230,7 +139,7 @@ impl<S: StateMachine> RaftNode<S> {
         // does) lets a candidate with a stale log, which nobody will elect, hold back the timers
         // of every up-to-date node with each failed campaign: without pre-vote, the sweeps saw
         // two stale candidates keep a 5-node cluster leaderless for 10 s.
-        if leader.is_some() || self.election_deadline.is_none() {
+        if leader.is_some() || self.election.deadline.is_none() {
             self.reset_election_deadline();
         }
         self.drop_proposals_if_outside();
@@ -240,6 +149,7 @@ impl<S: StateMachine> RaftNode<S> {
     }
 
     fn become_pre_candidate(&mut self) {
+        let term = self.term;
         self.stats.pre_campaigns += 1;
         if self.role == Role::Leader {
             self.fail_leader_reads();
@@ -248,9 +158,11 @@ impl<S: StateMachine> RaftNode<S> {
         self.lead = None;
         self.leader = None;
         self.fail_remote_reads();
-        self.votes = BTreeMap::from([(self.id, true)]);
+        self.election.votes = BTreeMap::from([(self.id, true)]);
         self.reset_election_deadline();
         self.emit_role();
+        // A pre-candidate asks for votes without raising its term (thesis §9.6).
+        assert_eq!(self.term, term, "{}: pre-vote changed the term", self.id);
         let req = VoteRequest {
             last_log: self.log.last_id(),
             transfer: false,
@@ -269,6 +181,12 @@ impl<S: StateMachine> RaftNode<S> {
     }
 
     pub(crate) fn become_candidate(&mut self, transfer: bool) {
+        assert_ne!(
+            self.role,
+            Role::Leader,
+            "{}: a leader does not campaign",
+            self.id
+        );
         self.stats.campaigns += 1;
         self.role = Role::Candidate;
         self.lead = None;
@@ -276,8 +194,8 @@ impl<S: StateMachine> RaftNode<S> {
         self.fail_remote_reads();
         self.term = self.term.next();
         self.vote = Some(self.id);
-        self.mark_term_changed();
-        self.votes = BTreeMap::from([(self.id, true)]);
+        self.outbox.mark_term_changed();
+        self.election.votes = BTreeMap::from([(self.id, true)]);
         self.reset_election_deadline();
         self.emit_role();
         let req = VoteRequest {
@@ -291,12 +209,20 @@ impl<S: StateMachine> RaftNode<S> {
     }
 
     fn become_leader(&mut self) {
+        // Only a candidate that voted for itself in this term wins it (Raft §5.2).
+        assert!(
+            self.role == Role::Candidate && self.vote == Some(self.id),
+            "{}: becomes leader from {:?}, vote {:?}",
+            self.id,
+            self.role,
+            self.vote
+        );
         self.stats.leaderships += 1;
         tracing::debug!(node = %self.id, term = %self.term, "became leader");
         self.role = Role::Leader;
         self.leader = Some(self.id);
-        self.election_deadline = None;
-        self.votes.clear();
+        self.election.deadline = None;
+        self.election.votes.clear();
         let now = self.now;
         let last = self.log.last_index();
         let progress = self
@@ -342,7 +268,7 @@ impl<S: StateMachine> RaftNode<S> {
     /// held ours (leader completeness), so `from` would hold ours too (log matching). So its
     /// joining came first, and ours, which descends from it, removed it; ids are never reused.
     /// An entry the candidate may hold proves nothing (we may simply lag behind its addition).
-    fn removal_known(&self, from: NodeId, last_log: LogId) -> Option<LogId> {
+    pub(crate) fn removal_known(&self, from: NodeId, last_log: LogId) -> Option<LogId> {
         let index = self.log.membership_index();
         if index > self.commit || index == LogIndex(0) || self.log.membership().contains(from) {
             return None;
@@ -356,26 +282,33 @@ impl<S: StateMachine> RaftNode<S> {
     /// cannot hold that entry, whatever the terms: by the argument of `removal_known` we were
     /// removed (thesis §4.2.2 notes a removed server is otherwise never told). Never campaign
     /// again.
-    fn on_removed(&mut self, from: NodeId, config: LogId) {
+    pub(crate) fn on_removed(&mut self, from: NodeId, config: LogId) {
+        assert_ne!(from, self.id, "a node never removes itself by message");
         let last = self.log.last_id();
         let cannot_hold = config.index > last.index || last.term < config.term;
-        if self.removed || !cannot_hold {
+        if self.election.removed || !cannot_hold {
             self.stats.messages_stale += 1;
             return;
         }
         tracing::info!(node = %self.id, by = %from, ?config, "removed from the cluster");
-        self.removed = true;
-        self.election_deadline = None;
+        self.election.removed = true;
+        self.election.deadline = None;
         // What we proposed will never reach us now: its outcome is unknown here.
         let pending = std::mem::take(&mut self.local_proposals);
-        self.drop_proposals(pending, crate::io::DropReason::Removed);
-        self.emit(crate::io::Event::Removed {
+        self.drop_proposals(pending, crate::raft::io::DropReason::Removed);
+        self.emit(crate::raft::io::Event::Removed {
             by: from,
             config: config.index,
         });
     }
 
-    fn on_pre_vote(&mut self, from: NodeId, term: Term, req: VoteRequest) {
+    pub(crate) fn on_pre_vote(&mut self, from: NodeId, term: Term, req: VoteRequest) {
+        // A pre-vote for an older term was answered by dispatch; it never changed our term.
+        assert!(
+            from != self.id && term >= self.term,
+            "{}: pre-vote {from} {term}",
+            self.id
+        );
         // Granted only for a future term, an up-to-date log, and no live leader (thesis §9.6).
         let granted = term > self.term
             && req.last_log >= self.log.last_id()
@@ -390,20 +323,38 @@ impl<S: StateMachine> RaftNode<S> {
         self.send_envelope(env);
     }
 
-    fn on_vote(&mut self, from: NodeId, req: VoteRequest) {
+    pub(crate) fn on_vote(&mut self, from: NodeId, term: Term, req: VoteRequest) {
+        // Dispatch (`step`) settled the term: this message is from another node, in ours.
+        assert!(
+            from != self.id && term == self.term,
+            "{}: misrouted {from} {term}",
+            self.id
+        );
         let can_vote = self.vote == Some(from) || (self.vote.is_none() && self.leader.is_none());
         let granted = can_vote && req.last_log >= self.log.last_id();
         if granted {
             if self.vote != Some(from) {
                 self.vote = Some(from);
-                self.mark_hard_state();
+                self.outbox.mark_hard_state();
             }
             self.reset_election_deadline();
         }
+        // Postcondition: one vote per term (Raft §5.2); a grant goes only to whom we voted for.
+        assert!(
+            !granted || self.vote == Some(from),
+            "{}: granted without voting",
+            self.id
+        );
         self.send(from, Body::VoteResp(VoteResponse { granted }));
     }
 
-    fn on_vote_resp(&mut self, from: NodeId, term: Term, resp: VoteResponse, pre: bool) {
+    pub(crate) fn on_vote_resp(&mut self, from: NodeId, term: Term, resp: VoteResponse, pre: bool) {
+        // Only a granted pre-vote answer carries a term above ours (the one we would campaign in).
+        assert!(
+            from != self.id && (term == self.term || (pre && resp.granted && term > self.term)),
+            "{}: vote answer {from} {term}",
+            self.id
+        );
         let expected_role = if pre {
             Role::PreCandidate
         } else {
@@ -421,7 +372,7 @@ impl<S: StateMachine> RaftNode<S> {
             self.stats.messages_stale += 1;
             return;
         }
-        self.votes.insert(from, resp.granted);
+        self.election.votes.insert(from, resp.granted);
         self.tally(pre);
     }
 
@@ -429,15 +380,22 @@ impl<S: StateMachine> RaftNode<S> {
         let quorum = self.log.membership().quorum();
         let voters = &self.log.membership().voters;
         let granted = self
+            .election
             .votes
             .iter()
             .filter(|(id, g)| **g && voters.contains(id))
             .count();
         let rejected = self
+            .election
             .votes
             .iter()
             .filter(|(id, g)| !**g && voters.contains(id))
             .count();
+        assert!(
+            granted + rejected <= voters.len(),
+            "{}: more votes than voters",
+            self.id
+        );
         if granted >= quorum {
             if pre {
                 self.become_candidate(false);
@@ -451,6 +409,12 @@ impl<S: StateMachine> RaftNode<S> {
 
     /// Leader: step down if a quorum of voters was not heard from within an election timeout.
     pub(crate) fn check_quorum(&mut self) {
+        assert_eq!(
+            self.role,
+            Role::Leader,
+            "{}: check-quorum off the leader",
+            self.id
+        );
         let membership = self.log.membership().clone();
         let lead = self.lead.as_mut().expect("leader");
         let active = membership
@@ -468,7 +432,13 @@ impl<S: StateMachine> RaftNode<S> {
         }
     }
 
-    fn on_timeout_now(&mut self, from: NodeId) {
+    pub(crate) fn on_timeout_now(&mut self, from: NodeId, term: Term) {
+        // Dispatch (`step`) settled the term: this message is from another node, in ours.
+        assert!(
+            from != self.id && term == self.term,
+            "{}: misrouted {from} {term}",
+            self.id
+        );
         if self.role != Role::Follower
             || self.leader != Some(from)
             || !self.log.membership().is_voter(self.id)

@@ -223,7 +223,10 @@ pub enum DecodeError {
     Version(u8),
     /// The body did not decode.
     #[error("malformed frame: {0}")]
-    Malformed(String),
+    Malformed(#[from] postcard::Error),
+    /// Bytes follow the envelope.
+    #[error("{0} trailing bytes after the envelope")]
+    TrailingBytes(usize),
 }
 
 impl Envelope {
@@ -247,13 +250,9 @@ impl Envelope {
         if version != WIRE_VERSION {
             return Err(DecodeError::Version(version));
         }
-        let (env, rest) = postcard::take_from_bytes::<Envelope>(body)
-            .map_err(|e| DecodeError::Malformed(e.to_string()))?;
+        let (env, rest) = postcard::take_from_bytes::<Envelope>(body)?;
         if !rest.is_empty() {
-            return Err(DecodeError::Malformed(format!(
-                "{} trailing bytes",
-                rest.len()
-            )));
+            return Err(DecodeError::TrailingBytes(rest.len()));
         }
         Ok(env)
     }
@@ -292,10 +291,10 @@ mod tests {
         assert_eq!(Envelope::decode(&v2, 1 << 20), Err(DecodeError::Version(2)));
         let mut trailing = bytes.clone();
         trailing.push(0);
-        assert!(matches!(
+        assert_eq!(
             Envelope::decode(&trailing, 1 << 20),
-            Err(DecodeError::Malformed(_))
-        ));
+            Err(DecodeError::TrailingBytes(1))
+        );
         for cut in 1..bytes.len() {
             assert!(Envelope::decode(&bytes[..cut], 1 << 20).is_err());
         }

@@ -7,22 +7,42 @@
 //! and chunked, resumable InstallSnapshot; single-server membership changes with learners;
 //! leadership transfer; client de-duplication by `(client, seq)`.
 
+mod apply;
+/// The safety checker shared by the simulators and the core's proptest: compiled only for tests
+/// and the `testing` feature, never into a release binary.
+#[cfg(any(test, fuzzing, feature = "testing"))]
+pub mod check;
 pub mod config;
+mod dispatch;
 mod election;
+pub mod error;
+/// Fuzz entry points: compiled only for tests, cargo-fuzz (`--cfg fuzzing`) and the `testing`
+/// feature, never into a release binary.
+#[cfg(any(test, fuzzing, feature = "testing"))]
+pub mod fuzz;
+pub mod io;
+mod leader;
 pub mod log;
+mod membership;
 pub mod message;
 pub mod node;
+mod outbox;
 pub mod progress;
 mod read;
 mod replication;
 mod snapshot;
 pub mod state_machine;
+pub mod status;
+pub mod storage;
 pub mod types;
 
 pub use config::{Config, ReadMode};
-pub use message::{Body, Envelope};
-pub use node::{
-    MembershipError, ProposeError, RaftNode, ReadError, StartError, Stats, Status, TransferError,
+pub use error::{
+    InvalidChange, MembershipError, ProposeError, ReadError, RecoveredLogError, StartError,
+    TransferError,
 };
+pub use message::{Body, Envelope};
+pub use node::RaftNode;
 pub use state_machine::{ApplyContext, StateMachine};
+pub use status::{Stats, Status};
 pub use types::{Entry, HardState, Membership, MembershipChange, Payload, Snapshot, SnapshotMeta};

@@ -67,6 +67,7 @@ impl Progress {
         self.state = ProgressState::Probe { sent_at: None };
         self.next_index = self.match_index.next();
         self.inflight.clear();
+        assert!(self.next_index > self.match_index);
     }
 
     /// Records an acknowledged match; returns whether it advanced.
@@ -82,6 +83,8 @@ impl Progress {
         if self.next_index <= match_index {
             self.next_index = match_index.next();
         }
+        // The next append always starts past what the follower is known to hold.
+        assert!(self.next_index > self.match_index);
         true
     }
 }

@@ -1,13 +1,26 @@
 //! Linearizable reads without log writes: ReadIndex (thesis §6.4), follower reads through the
 //! leader, and optional leader leases (§6.4.1, unsafe under clock drift).
 
-use crate::ids::{LogIndex, NodeId, ReadId};
-use crate::io::{Event, Role};
+use crate::ids::{LogIndex, NodeId, ReadId, Term};
 use crate::raft::config::ReadMode;
+use crate::raft::error::ReadError;
+use crate::raft::io::{Event, Role};
+use crate::raft::leader::{LeaderRead, ReadOrigin};
 use crate::raft::message::Body;
-use crate::raft::node::{LeaderRead, RaftNode, ReadError, ReadOrigin};
+use crate::raft::node::RaftNode;
 use crate::raft::state_machine::StateMachine;
 use crate::time::Instant;
+use std::collections::{BTreeMap, VecDeque};
+
+/// Reads this node answers itself once they are confirmed (the leader's own wait in
+/// `LeaderState` for their heartbeat round first).
+#[derive(Debug, Default)]
+pub(crate) struct PendingReads {
+    /// Confirmed reads waiting for apply to reach their index: (id, index, expires at).
+    pub(crate) ready: VecDeque<(ReadId, LogIndex, Instant)>,
+    /// Reads forwarded to the leader: id -> (leader, sent at).
+    pub(crate) remote: BTreeMap<ReadId, (NodeId, Instant)>,
+}
 
 impl<S: StateMachine> RaftNode<S> {
     /// Asks for a linearizable read. When `Event::ReadReady { id, .. }` comes out, reading the local
@@ -26,7 +39,7 @@ impl<S: StateMachine> RaftNode<S> {
         let Some(leader) = self.leader else {
             return Err(ReadError::NoLeader);
         };
-        self.remote_reads.insert(id, (leader, self.now));
+        self.reads.remote.insert(id, (leader, self.now));
         self.send(leader, Body::ReadIndex(id));
         Ok(())
     }
@@ -40,7 +53,7 @@ impl<S: StateMachine> RaftNode<S> {
             .lead
             .as_ref()
             .map_or(0, |l| l.reads.len() + l.reads_before_commit.len());
-        leader + self.ready_reads.len() + self.remote_reads.len()
+        leader + self.reads.ready.len() + self.reads.remote.len()
     }
 
     /// Leader side of a read, local or on behalf of a follower.
@@ -50,6 +63,12 @@ impl<S: StateMachine> RaftNode<S> {
         let now = self.now;
         let lease_mode = self.cfg.read_mode == ReadMode::LeaseBased;
         let lead = self.lead.as_mut().expect("leader");
+        assert_eq!(
+            self.role,
+            Role::Leader,
+            "{}: leader read off the leader",
+            self.id
+        );
         if !committed_in_term {
             // A new leader does not know the commit index until its no-op commits
             // (etcd TestReadOnlyForNewLeader).
@@ -72,7 +91,13 @@ impl<S: StateMachine> RaftNode<S> {
         lead.round_needed = true;
     }
 
-    pub(crate) fn on_read_index(&mut self, from: NodeId, id: ReadId) {
+    pub(crate) fn on_read_index(&mut self, from: NodeId, term: Term, id: ReadId) {
+        // Dispatch (`step`) settled the term: this message is from another node, in ours.
+        assert!(
+            from != self.id && term == self.term,
+            "{}: misrouted {from} {term}",
+            self.id
+        );
         if self.role != Role::Leader || self.pending_reads() >= self.cfg.pending_reads_max {
             self.send(from, Body::ReadIndexResp(id, None));
             return;
@@ -80,18 +105,31 @@ impl<S: StateMachine> RaftNode<S> {
         self.leader_read(ReadOrigin::Remote(from), id);
     }
 
-    pub(crate) fn on_read_index_resp(&mut self, from: NodeId, id: ReadId, index: Option<LogIndex>) {
-        match self.remote_reads.get(&id) {
+    pub(crate) fn on_read_index_resp(
+        &mut self,
+        from: NodeId,
+        term: Term,
+        id: ReadId,
+        index: Option<LogIndex>,
+    ) {
+        // Dispatch (`step`) settled the term: this message is from another node, in ours.
+        assert!(
+            from != self.id && term == self.term,
+            "{}: misrouted {from} {term}",
+            self.id
+        );
+        match self.reads.remote.get(&id) {
             Some((leader, _)) if *leader == from => {}
             _ => {
                 self.stats.messages_stale += 1;
                 return;
             }
         }
-        self.remote_reads.remove(&id);
+        self.reads.remote.remove(&id);
         match index {
             Some(index) => {
-                self.ready_reads
+                self.reads
+                    .ready
                     .push_back((id, index, self.now + self.cfg.election_timeout));
                 self.release_ready_reads();
             }
@@ -144,9 +182,12 @@ impl<S: StateMachine> RaftNode<S> {
     }
 
     fn read_confirmed(&mut self, origin: ReadOrigin, id: ReadId, index: LogIndex) {
+        // A read index is a commit index of this leader's term (thesis §6.4 step 1).
+        assert!(index <= self.commit, "{}: read index past commit", self.id);
         match origin {
             ReadOrigin::Local => {
-                self.ready_reads
+                self.reads
+                    .ready
                     .push_back((id, index, self.now + self.cfg.election_timeout));
                 self.release_ready_reads();
             }
@@ -158,9 +199,9 @@ impl<S: StateMachine> RaftNode<S> {
     pub(crate) fn release_ready_reads(&mut self) {
         let applied = self.applied;
         let mut i = 0;
-        while i < self.ready_reads.len() {
-            if self.ready_reads[i].1 <= applied {
-                let (id, index, _) = self.ready_reads.remove(i).expect("in range");
+        while i < self.reads.ready.len() {
+            if self.reads.ready[i].1 <= applied {
+                let (id, index, _) = self.reads.ready.remove(i).expect("in range");
                 self.emit(Event::ReadReady { id, index });
             } else {
                 i += 1;
@@ -196,7 +237,7 @@ impl<S: StateMachine> RaftNode<S> {
 
     /// Role or leader changed: reads forwarded to the old leader fail.
     pub(crate) fn fail_remote_reads(&mut self) {
-        let ids: Vec<ReadId> = std::mem::take(&mut self.remote_reads).into_keys().collect();
+        let ids: Vec<ReadId> = std::mem::take(&mut self.reads.remote).into_keys().collect();
         for id in ids {
             self.emit(Event::ReadFailed { id });
         }
@@ -210,19 +251,20 @@ impl<S: StateMachine> RaftNode<S> {
         let timeout = self.cfg.election_timeout;
         let now = self.now;
         let expired: Vec<ReadId> = self
-            .remote_reads
+            .reads
+            .remote
             .iter()
             .filter(|(_, (_, sent))| now >= *sent + timeout)
             .map(|(id, _)| *id)
             .collect();
         for id in expired {
-            self.remote_reads.remove(&id);
+            self.reads.remote.remove(&id);
             self.emit(Event::ReadFailed { id });
         }
         let mut i = 0;
-        while i < self.ready_reads.len() {
-            if now >= self.ready_reads[i].2 {
-                let (id, _, _) = self.ready_reads.remove(i).expect("in range");
+        while i < self.reads.ready.len() {
+            if now >= self.reads.ready[i].2 {
+                let (id, _, _) = self.reads.ready.remove(i).expect("in range");
                 self.emit(Event::ReadFailed { id });
             } else {
                 i += 1;
@@ -233,11 +275,12 @@ impl<S: StateMachine> RaftNode<S> {
     /// When the oldest pending read expires, if any.
     pub(crate) fn read_expiry(&self) -> Option<Instant> {
         let remote = self
-            .remote_reads
+            .reads
+            .remote
             .values()
             .map(|(_, sent)| *sent + self.cfg.election_timeout)
             .min();
-        let ready = self.ready_reads.iter().map(|r| r.2).min();
+        let ready = self.reads.ready.iter().map(|r| r.2).min();
         match (remote, ready) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),

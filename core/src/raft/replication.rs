@@ -1,7 +1,8 @@
 //! Log replication (Raft §5.3): the leader's pipelined, windowed appends with fast back-tracking,
 //! the follower's consistency check, heartbeats, and commitment (§5.4.2).
 
-use crate::ids::{LogId, LogIndex, NodeId};
+use crate::ids::{LogId, LogIndex, NodeId, Term};
+use crate::raft::io::Role;
 use crate::raft::message::{
     AppendRequest, AppendResponse, Body, HeartbeatRequest, HeartbeatResponse,
 };
@@ -46,6 +47,11 @@ impl<S: StateMachine> RaftNode<S> {
                 return;
             }
             let last_sent = entries.last().map_or(prev_index, |e| e.index());
+            assert!(
+                last_sent <= self.log.last_index() && next > pr.match_index,
+                "{}: append to {to} outside the log or below its match",
+                self.id
+            );
             if probing {
                 pr.state = ProgressState::Probe { sent_at: Some(now) };
             } else {
@@ -67,7 +73,16 @@ impl<S: StateMachine> RaftNode<S> {
     }
 
     /// Follower: the consistency check and append of Raft §5.3 (Figure 2 receiver steps 2-5).
-    pub(crate) fn on_append(&mut self, from: NodeId, req: AppendRequest) {
+    pub(crate) fn on_append(&mut self, from: NodeId, term: Term, req: AppendRequest) {
+        // `accept_leader` just made us follow the sender in this term (Raft §5.1, §5.2).
+        assert!(
+            from != self.id
+                && term == self.term
+                && self.role == Role::Follower
+                && self.leader == Some(from),
+            "{}: {from} in {term} is not our leader",
+            self.id
+        );
         if !self.valid_append(&req) {
             self.stats.messages_invalid += 1;
             return;
@@ -144,7 +159,15 @@ impl<S: StateMachine> RaftNode<S> {
         let new_commit = commit.min(match_index);
         if new_commit > self.commit {
             self.commit = new_commit;
-            self.mark_hard_state();
+            // Postcondition: a follower commits only what it holds from this leader (Figure 2,
+            // receiver step 5: commit = min(leaderCommit, index of last new entry)).
+            assert!(
+                self.commit <= match_index && self.log.term(self.commit).is_some(),
+                "{}: commit {:?} past what the append proved ({match_index:?})",
+                self.id,
+                self.commit
+            );
+            self.outbox.mark_hard_state();
             self.apply_committed();
         }
         self.send(
@@ -177,7 +200,13 @@ impl<S: StateMachine> RaftNode<S> {
         true
     }
 
-    pub(crate) fn on_append_resp(&mut self, from: NodeId, resp: AppendResponse) {
+    pub(crate) fn on_append_resp(&mut self, from: NodeId, term: Term, resp: AppendResponse) {
+        // Dispatch (`step`) settled the term: this message is from another node, in ours.
+        assert!(
+            from != self.id && term == self.term,
+            "{}: misrouted {from} {term}",
+            self.id
+        );
         let last = self.log.last_index();
         let now = self.now;
         let Some(lead) = &mut self.lead else {
@@ -254,7 +283,7 @@ impl<S: StateMachine> RaftNode<S> {
             .iter()
             .map(|id| {
                 if *id == self.id {
-                    self.durable_match
+                    self.outbox.durable_match()
                 } else {
                     lead.progress.get(id).map_or(LogIndex(0), |p| p.match_index)
                 }
@@ -269,8 +298,23 @@ impl<S: StateMachine> RaftNode<S> {
             return;
         }
         let first_in_term = self.log.term(self.commit) != Some(self.term);
+        let before = self.commit;
         self.commit = candidate;
-        self.mark_hard_state();
+        // Postconditions (Raft §5.4.2): commit advanced, within the log, to an entry of this
+        // leader's term held by a quorum that counts our own log only as far as it is durable.
+        assert!(
+            self.commit > before && self.commit <= self.log.last_index(),
+            "{}: commit {:?} not advanced within the log",
+            self.id,
+            self.commit
+        );
+        assert_eq!(
+            self.log.term(self.commit),
+            Some(self.term),
+            "{}: committed by counting an entry of an older term (Figure 8)",
+            self.id
+        );
+        self.outbox.mark_hard_state();
         if first_in_term {
             self.on_first_commit_in_term();
         }
@@ -343,11 +387,25 @@ impl<S: StateMachine> RaftNode<S> {
         self.confirm_reads();
     }
 
-    pub(crate) fn on_heartbeat(&mut self, from: NodeId, req: HeartbeatRequest) {
+    pub(crate) fn on_heartbeat(&mut self, from: NodeId, term: Term, req: HeartbeatRequest) {
+        // `accept_leader` just made us follow the sender in this term (Raft §5.1, §5.2).
+        assert!(
+            from != self.id
+                && term == self.term
+                && self.role == Role::Follower
+                && self.leader == Some(from),
+            "{}: {from} in {term} is not our leader",
+            self.id
+        );
         let commit = req.commit.min(self.log.last_index());
         if commit > self.commit {
             self.commit = commit;
-            self.mark_hard_state();
+            assert!(
+                self.commit <= self.log.last_index(),
+                "{}: commit past the log",
+                self.id
+            );
+            self.outbox.mark_hard_state();
             self.apply_committed();
         }
         self.expire_reads();
@@ -358,7 +416,13 @@ impl<S: StateMachine> RaftNode<S> {
         self.send(from, Body::HeartbeatResp(resp));
     }
 
-    pub(crate) fn on_heartbeat_resp(&mut self, from: NodeId, resp: HeartbeatResponse) {
+    pub(crate) fn on_heartbeat_resp(&mut self, from: NodeId, term: Term, resp: HeartbeatResponse) {
+        // Dispatch (`step`) settled the term: this message is from another node, in ours.
+        assert!(
+            from != self.id && term == self.term,
+            "{}: misrouted {from} {term}",
+            self.id
+        );
         let last = self.log.last_index();
         let now = self.now;
         let append_timeout = self.cfg.append_timeout;

@@ -1,14 +1,23 @@
 //! Snapshots: taking them and compacting the log (Raft §7), and chunked InstallSnapshot that
 //! resumes from the last acknowledged offset after a lost chunk.
 
-use crate::ids::{LogId, NodeId};
-use crate::io::Event;
+use crate::ids::{LogId, NodeId, Term};
+use crate::raft::io::{Event, Role};
 use crate::raft::message::{Body, SnapshotAck, SnapshotChunk};
-use crate::raft::node::{IncomingSnapshot, RaftNode};
+use crate::raft::node::RaftNode;
 use crate::raft::progress::ProgressState;
 use crate::raft::state_machine::StateMachine;
+use crate::raft::storage::PersistOp;
 use crate::raft::types::{Snapshot, SnapshotMeta};
-use crate::storage::PersistOp;
+
+/// A snapshot being received chunk by chunk.
+#[derive(Debug)]
+pub(crate) struct IncomingSnapshot {
+    pub term: Term,
+    pub meta: SnapshotMeta,
+    pub total: u64,
+    pub data: Vec<u8>,
+}
 
 impl<S: StateMachine> RaftNode<S> {
     /// Takes a snapshot once enough entries were applied since the last one, then compacts the log
@@ -22,6 +31,14 @@ impl<S: StateMachine> RaftNode<S> {
             self.log.term(self.applied).expect("applied entry is held"),
             self.applied,
         );
+        // Only applied (hence committed) state goes into a snapshot (Raft §7).
+        assert!(
+            snap_index < self.applied && self.applied <= self.commit,
+            "{}: snapshot at {:?} past commit {:?}",
+            self.id,
+            self.applied,
+            self.commit
+        );
         let data = self.dedup.snapshot(&self.sm);
         let meta = SnapshotMeta {
             last,
@@ -30,7 +47,7 @@ impl<S: StateMachine> RaftNode<S> {
         };
         let snapshot = Snapshot { meta, data };
         self.log.set_snapshot(snapshot.clone());
-        self.stage(PersistOp::Snapshot(snapshot));
+        self.outbox.stage(PersistOp::Snapshot(snapshot));
         let upto_index = crate::ids::LogIndex(
             self.applied
                 .0
@@ -39,7 +56,7 @@ impl<S: StateMachine> RaftNode<S> {
         if upto_index > self.log.base().index {
             let upto = LogId::new(self.log.term(upto_index).expect("held"), upto_index);
             self.log.compact(upto_index);
-            self.stage(PersistOp::Compact { upto });
+            self.outbox.stage(PersistOp::Compact { upto });
         }
         self.stats.snapshots_taken += 1;
         self.emit(Event::SnapshotTaken {
@@ -87,6 +104,7 @@ impl<S: StateMachine> RaftNode<S> {
         };
         let start = usize::try_from(offset).expect("snapshot fits in memory");
         let end = (start + self.cfg.snapshot_chunk_bytes).min(snapshot.data.len());
+        assert!(start <= end, "{}: chunk offset past the snapshot", self.id);
         let chunk = SnapshotChunk {
             meta: snapshot.meta.clone(),
             offset,
@@ -97,7 +115,13 @@ impl<S: StateMachine> RaftNode<S> {
         self.send(to, Body::Snapshot(chunk));
     }
 
-    pub(crate) fn on_snapshot_ack(&mut self, from: NodeId, ack: SnapshotAck) {
+    pub(crate) fn on_snapshot_ack(&mut self, from: NodeId, term: Term, ack: SnapshotAck) {
+        // Dispatch (`step`) settled the term: this message is from another node, in ours.
+        assert!(
+            from != self.id && term == self.term,
+            "{}: misrouted {from} {term}",
+            self.id
+        );
         let Some(pr) = self.lead.as_mut().and_then(|l| l.progress.get_mut(&from)) else {
             self.stats.messages_stale += 1;
             return;
@@ -141,7 +165,16 @@ impl<S: StateMachine> RaftNode<S> {
     }
 
     /// Follower: accumulates chunks; installs the snapshot when complete and intact.
-    pub(crate) fn on_snapshot_chunk(&mut self, from: NodeId, chunk: SnapshotChunk) {
+    pub(crate) fn on_snapshot_chunk(&mut self, from: NodeId, term: Term, chunk: SnapshotChunk) {
+        // `accept_leader` just made us follow the sender in this term (Raft §5.1, §5.2).
+        assert!(
+            from != self.id
+                && term == self.term
+                && self.role == Role::Follower
+                && self.leader == Some(from),
+            "{}: {from} in {term} is not our leader",
+            self.id
+        );
         let last = chunk.meta.last;
         if last.index <= self.commit {
             // Already have everything it covers (etcd TestRestoreIgnoreSnapshot).
@@ -213,6 +246,12 @@ impl<S: StateMachine> RaftNode<S> {
             return;
         }
         let incoming = self.incoming_snapshot.take().expect("set above");
+        assert_eq!(
+            incoming.data.len() as u64,
+            incoming.total,
+            "{}: short snapshot",
+            self.id
+        );
         if *blake3::hash(&incoming.data).as_bytes() != incoming.meta.data_hash {
             self.stats.messages_invalid += 1;
             self.send(
@@ -250,14 +289,14 @@ impl<S: StateMachine> RaftNode<S> {
         let membership_changed = self.log.membership() != &snapshot.meta.membership
             || self.log.membership_index() > last.index;
         self.log.install_snapshot(snapshot.clone());
-        self.stage(PersistOp::Snapshot(snapshot));
-        self.durable_match = self.durable_match.min(self.log.last_index());
+        self.outbox.stage(PersistOp::Snapshot(snapshot));
+        self.outbox.clamp_durable_match(self.log.last_index());
         if self.log.base() == last {
             // The log was replaced: nothing after the snapshot is durable yet, and what was
             // proposed after it is gone with the old entries.
-            self.durable_match = self.durable_match.min(last.index);
+            self.outbox.clamp_durable_match(last.index);
             let wiped = self.local_proposals.split_off(&last.index.next());
-            self.drop_proposals(wiped, crate::io::DropReason::Truncated);
+            self.drop_proposals(wiped, crate::raft::io::DropReason::Truncated);
         }
         self.commit = self.commit.max(last.index);
         self.applied = last.index;
@@ -265,8 +304,22 @@ impl<S: StateMachine> RaftNode<S> {
         // to this node, so say so (the client retries; de-duplication answers).
         let kept = self.local_proposals.split_off(&last.index.next());
         let covered = std::mem::replace(&mut self.local_proposals, kept);
-        self.drop_proposals(covered, crate::io::DropReason::SnapshotInstalled);
-        self.mark_hard_state();
+        self.drop_proposals(covered, crate::raft::io::DropReason::SnapshotInstalled);
+        // Postconditions: the snapshot is the log's base of truth, and the node applied it.
+        assert_eq!(
+            self.log.snapshot().meta.last,
+            last,
+            "{}: snapshot not installed",
+            self.id
+        );
+        assert!(
+            self.applied == last.index && self.applied <= self.commit,
+            "{}: applied {:?} after installing {last:?} (commit {:?})",
+            self.id,
+            self.applied,
+            self.commit
+        );
+        self.outbox.mark_hard_state();
         self.stats.snapshots_installed += 1;
         if membership_changed {
             self.on_membership_changed();

@@ -28,10 +28,42 @@ pub trait StateMachine {
     fn restore(&mut self, data: &[u8]) -> Result<(), SnapshotDecodeError>;
 }
 
-/// A snapshot could not be decoded.
+/// A snapshot could not be decoded: the envelope written by [`DedupTable::snapshot`], or the
+/// application's part (a `StateMachine::restore` picks the variant that fits).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("snapshot could not be decoded: {0}")]
-pub struct SnapshotDecodeError(pub String);
+pub enum SnapshotDecodeError {
+    /// The bytes do not decode.
+    #[error("snapshot does not decode: {0}")]
+    Codec(#[from] postcard::Error),
+    /// The snapshot is empty where something was expected.
+    #[error("snapshot is empty")]
+    Empty,
+    /// An unknown version byte (ARCHITECTURE.md, "Versioned formats").
+    #[error("unknown snapshot version {0}")]
+    Version(u8),
+    /// A fixed-size snapshot of the wrong size.
+    #[error("snapshot of {len} bytes, expected {expected}")]
+    Length {
+        /// The size found.
+        len: usize,
+        /// The size expected.
+        expected: usize,
+    },
+    /// More client sessions than the table may hold.
+    #[error("{sessions} client sessions, more than the table's {max}")]
+    TooManySessions {
+        /// Sessions in the snapshot.
+        sessions: usize,
+        /// The table's bound.
+        max: usize,
+    },
+    /// One client has two sessions.
+    #[error("client {0:?} has two sessions")]
+    DuplicateClient(ClientId),
+    /// Two sessions claim the same last applied index.
+    #[error("two client sessions last applied at {0:?}")]
+    DuplicateIndex(LogIndex),
+}
 
 /// Version tag of the snapshot envelope (ARCHITECTURE.md, "Versioned formats").
 const SNAPSHOT_VERSION: u8 = 1;
@@ -144,7 +176,11 @@ impl DedupTable {
             let (_, victim) = self.by_index.pop_first().expect("by_index mirrors clients");
             self.clients.remove(&victim);
         }
-        debug_assert_eq!(self.clients.len(), self.by_index.len());
+        assert_eq!(
+            self.clients.len(),
+            self.by_index.len(),
+            "by_index mirrors clients"
+        );
         Applied::Fresh(response)
     }
 
@@ -169,35 +205,29 @@ impl DedupTable {
         sm: &mut S,
         data: &[u8],
     ) -> Result<(), SnapshotDecodeError> {
-        let env: SnapshotEnvelope =
-            postcard::from_bytes(data).map_err(|e| SnapshotDecodeError(e.to_string()))?;
+        let env: SnapshotEnvelope = postcard::from_bytes(data)?;
         if env.version != SNAPSHOT_VERSION {
-            return Err(SnapshotDecodeError(format!(
-                "unknown snapshot version {}",
-                env.version
-            )));
+            return Err(SnapshotDecodeError::Version(env.version));
         }
         if env.clients.len() > self.clients_max {
-            return Err(SnapshotDecodeError(
-                "more client sessions than clients_max".into(),
-            ));
+            return Err(SnapshotDecodeError::TooManySessions {
+                sessions: env.clients.len(),
+                max: self.clients_max,
+            });
         }
         let mut clients = BTreeMap::new();
         let mut by_index = BTreeMap::new();
         for (c, seq, response, last_index) in env.clients {
-            if by_index.insert(last_index, c).is_some()
-                || clients
-                    .insert(
-                        c,
-                        ClientRecord {
-                            seq,
-                            response,
-                            last_index,
-                        },
-                    )
-                    .is_some()
-            {
-                return Err(SnapshotDecodeError("duplicate client session".into()));
+            if by_index.insert(last_index, c).is_some() {
+                return Err(SnapshotDecodeError::DuplicateIndex(last_index));
+            }
+            let record = ClientRecord {
+                seq,
+                response,
+                last_index,
+            };
+            if clients.insert(c, record).is_some() {
+                return Err(SnapshotDecodeError::DuplicateClient(c));
             }
         }
         sm.restore(&env.app)?;
@@ -222,9 +252,10 @@ mod tests {
             self.0.to_le_bytes().to_vec()
         }
         fn restore(&mut self, data: &[u8]) -> Result<(), SnapshotDecodeError> {
-            let b: [u8; 8] = data
-                .try_into()
-                .map_err(|_| SnapshotDecodeError("len".into()))?;
+            let b: [u8; 8] = data.try_into().map_err(|_| SnapshotDecodeError::Length {
+                len: data.len(),
+                expected: 8,
+            })?;
             self.0 = u64::from_le_bytes(b);
             Ok(())
         }

@@ -4,7 +4,7 @@
 //! Hostile or malformed input never panics: every decoder and every decrypt path returns one of
 //! these. None of them carries secret material, so they are safe to log.
 
-use super::keys::UserId;
+use crate::ids::UserId;
 
 /// Why a wire message could not be parsed (before any cryptography runs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]

@@ -6,9 +6,10 @@ use zeroize::Zeroizing;
 
 use super::error::{AcceptError, InitiateError};
 use super::keys::{
-    Entropy, IdentityKeyPair, OneTimePrekeyPair, PrekeyBundle, Secret32, SignedPrekeyPair, UserId,
+    Entropy, IdentityKeyPair, OneTimePrekeyPair, PrekeyBundle, Secret32, SignedPrekeyPair,
 };
 use super::{kdf, keys, safety, Session};
+use crate::ids::UserId;
 
 pub use super::kdf::{ASSOCIATED_DATA_CONTEXT, MESSAGE_KEY_CONTEXT, X3DH_CONTEXT};
 pub use super::safety::{SAFETY_NUMBER_ITERATIONS, SAFETY_NUMBER_VERSION};

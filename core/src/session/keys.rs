@@ -12,6 +12,7 @@ use x25519_dalek::{PublicKey, StaticSecret};
 use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
 use super::error::BundleError;
+use crate::ids::UserId;
 
 /// The only source of randomness the session layer sees.
 ///
@@ -37,28 +38,6 @@ pub(crate) struct Secret32(pub(crate) [u8; 32]);
 impl fmt::Debug for Secret32 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("Secret32(..)")
-    }
-}
-
-/// A user, named by the BLAKE3 hash of their identity Ed25519 public key (README,
-/// "Constructions").
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct UserId(pub [u8; 32]);
-
-impl UserId {
-    /// `BLAKE3(identity Ed25519 public key)`.
-    pub fn from_signing_key(signing_key: &[u8; 32]) -> Self {
-        Self(*blake3::hash(signing_key).as_bytes())
-    }
-}
-
-impl fmt::Debug for UserId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "UserId(")?;
-        for byte in &self.0[..6] {
-            write!(f, "{byte:02x}")?;
-        }
-        write!(f, "..)")
     }
 }
 

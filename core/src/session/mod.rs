@@ -81,7 +81,7 @@ pub use error::{
 };
 pub use keys::{
     Entropy, IdentityKeyPair, IdentityPublic, OneTimePrekeyPair, PrekeyBundle, PrekeyId,
-    SignedPrekeyPair, UserId, BUNDLE_BYTES, BUNDLE_VERSION,
+    SignedPrekeyPair, BUNDLE_BYTES, BUNDLE_VERSION,
 };
 pub use message::{
     initial_header, InitialHeader, RatchetHeader, INITIAL_HEADER_BYTES, MESSAGE_BYTES_MAX,
@@ -97,6 +97,7 @@ pub use state::STATE_VERSION;
 use x25519_dalek::{PublicKey, StaticSecret};
 use zeroize::Zeroizing;
 
+use crate::ids::UserId;
 use keys::draw_secret;
 use ratchet::RatchetState;
 use state::{Role, SessionState};

@@ -10,9 +10,9 @@ use super::error::{AcceptError, InitiateError};
 use super::kdf;
 use super::keys::{
     IdentityKeyPair, IdentityPublic, OneTimePrekeyPair, PrekeyBundle, Secret32, SignedPrekeyPair,
-    UserId,
 };
 use super::message::InitialHeader;
+use crate::ids::UserId;
 
 /// The longest X3DH KDF input: F ‖ DH1 ‖ DH2 ‖ DH3 ‖ DH4.
 const KEY_MATERIAL_BYTES_MAX: usize = 32 + 4 * 32;

@@ -3,10 +3,10 @@
 //! linearizability checker reads.
 
 use super::{Ev, Sim};
-use crate::check::Violation;
 use crate::history::{KvOp, OpId};
 use crate::kv::{decode_response, KvCommand};
-use paloma_core::io::{DropReason, Event, Proposal};
+use paloma_core::raft::check::Violation;
+use paloma_core::raft::io::{DropReason, Event, Proposal};
 use paloma_core::raft::ProposeError;
 use paloma_core::{ClientId, NodeId, ReadId};
 

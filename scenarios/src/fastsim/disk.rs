@@ -3,11 +3,11 @@
 //! pending batch; targeted crashes strike while a chosen kind of write is in flight.
 
 use super::{dur_nanos, Ev, Sim, Unsynced};
-use crate::check::Violation;
 use crate::kv::Kv;
-use paloma_core::io::{Input, Role};
+use paloma_core::raft::check::Violation;
+use paloma_core::raft::io::{Input, Role};
+use paloma_core::raft::storage::{PersistBatch, PersistOp};
 use paloma_core::raft::{Config, RaftNode};
-use paloma_core::storage::{PersistBatch, PersistOp};
 use paloma_core::NodeId;
 
 impl Sim {

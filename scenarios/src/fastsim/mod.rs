@@ -17,14 +17,14 @@ mod trace;
 pub use faults::{Fault, FaultPlan, Faults, Unsynced};
 pub use trace::Trace;
 
-use crate::check::{SafetyChecker, Violation};
 use crate::history::History;
 use crate::kv::Kv;
 use clients::Client;
-use paloma_core::io::{Input, Output, Role};
+use paloma_core::raft::check::{SafetyChecker, Violation};
+use paloma_core::raft::io::{Input, Output, Role};
+use paloma_core::raft::storage::{MemStorage, PersistBatch, Recovered};
 use paloma_core::raft::{Config, Envelope, RaftNode};
 use paloma_core::rng::DetRng;
-use paloma_core::storage::{MemStorage, PersistBatch, Recovered};
 use paloma_core::{ClientId, Instant, LogIndex, NodeId, ReadId};
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};

@@ -3,8 +3,8 @@
 //! tracked until it takes effect or ends in a typed failure.
 
 use super::{dur_nanos, Ev, Fault, Sim};
-use crate::check::Violation;
-use paloma_core::io::{Event, Proposal, Role};
+use paloma_core::raft::check::Violation;
+use paloma_core::raft::io::{Event, Proposal, Role};
 use paloma_core::raft::MembershipChange;
 use paloma_core::{LogIndex, NodeId, Term};
 

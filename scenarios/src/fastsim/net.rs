@@ -4,8 +4,8 @@
 //! cut off right after it replicated to a minority).
 
 use super::{dur_nanos, Ev, Sim};
-use crate::check::Violation;
-use paloma_core::io::Role;
+use paloma_core::raft::check::Violation;
+use paloma_core::raft::io::Role;
 use paloma_core::raft::{Body, Envelope};
 use paloma_core::NodeId;
 use std::collections::BTreeSet;

@@ -1,5 +1,7 @@
-//! Raft safety checkers, run after every simulated step (Raft Figure 3's properties; the list
-//! follows openraft's `tests-turmoil` invariants and etcd's robustness tests).
+//! The Raft safety checker, run after every simulated step by both simulators and by the core's
+//! random-schedule proptest (one implementation: Raft Figure 3's properties; the list follows
+//! openraft's `tests-turmoil` invariants and etcd's robustness tests). Compiled only for tests and
+//! the `testing` feature, like `fuzz`.
 //!
 //! Checked from the nodes' state:
 //! - Election safety: at most one leader per term.
@@ -27,11 +29,11 @@
 //!   a quorum of the configuration it was committed under (the leader's at that moment), and
 //!   a leader advances its commit index only to an entry of its own term (Raft §5.4.2, Figure 8).
 
-use paloma_core::io::Role;
-use paloma_core::raft::message::{AppendResponse, Body, Envelope};
-use paloma_core::raft::{RaftNode, StateMachine};
-use paloma_core::storage::Recovered;
-use paloma_core::{LogIndex, NodeId, Term};
+use crate::ids::{LogId, LogIndex, NodeId, Term};
+use crate::raft::io::Role;
+use crate::raft::message::{AppendResponse, Body, Envelope};
+use crate::raft::storage::Recovered;
+use crate::raft::{RaftNode, StateMachine};
 use std::collections::BTreeMap;
 
 /// A broken invariant, with what the checker saw.
@@ -366,7 +368,7 @@ impl SafetyChecker {
 }
 
 /// The last durable log position (the snapshot's if the log after it is empty).
-fn durable_last(d: &Recovered) -> paloma_core::LogId {
+fn durable_last(d: &Recovered) -> LogId {
     d.entries.last().map_or(d.base, |e| e.id)
 }
 

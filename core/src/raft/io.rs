@@ -2,7 +2,7 @@
 
 use crate::ids::{ClientId, LogIndex, NodeId, PersistSeq, ReadId, Term};
 use crate::raft::message::Envelope;
-use crate::storage::PersistBatch;
+use crate::raft::storage::PersistBatch;
 
 /// Something that happened to the node.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -6,8 +6,9 @@
 //! reports `Input::Persisted(seq)`. Batches must be applied in `seq` order. After a crash,
 //! [`Storage::recover`] returns what was durable.
 
+use crate::ids::NodeId;
 use crate::ids::{LogId, LogIndex, PersistSeq};
-use crate::raft::types::{Entry, HardState, Snapshot};
+use crate::raft::types::{Entry, HardState, Membership, Snapshot};
 
 /// One write operation.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -51,6 +52,20 @@ pub struct Recovered {
     pub base: LogId,
     /// The durable log after `base`.
     pub entries: Vec<Entry>,
+}
+
+impl Recovered {
+    /// The initial state of a member of a brand-new cluster whose first voters are `voters`.
+    #[must_use]
+    pub fn bootstrap(voters: impl IntoIterator<Item = NodeId>) -> Recovered {
+        Recovered {
+            snapshot: Some(Snapshot::bootstrap(
+                Membership::with_voters(voters),
+                Vec::new(),
+            )),
+            ..Recovered::default()
+        }
+    }
 }
 
 /// Durable storage for one replica's Raft state.
@@ -120,6 +135,13 @@ pub fn apply_op(state: &mut Recovered, op: &PersistOp) {
                 state.entries.retain(|e| e.index() > upto.index);
                 state.base = *upto;
             }
+            assert!(
+                state
+                    .entries
+                    .first()
+                    .is_none_or(|e| e.index() == state.base.index.next()),
+                "compaction left a gap after the base"
+            );
         }
     }
 }

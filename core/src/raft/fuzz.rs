@@ -1,10 +1,10 @@
 //! Fuzz entry points, shared by the cargo-fuzz targets in `fuzz/` and by the corpus-replay tests,
 //! so the code a fuzzer exercises and the code `cargo test` replays are the same.
 
-use crate::io::Input;
+use crate::raft::io::Input;
 use crate::raft::state_machine::SnapshotDecodeError;
+use crate::raft::storage::Recovered;
 use crate::raft::{ApplyContext, Config, Envelope, RaftNode, StateMachine};
-use crate::storage::Recovered;
 use crate::{Instant, NodeId};
 
 /// A trivial state machine for fuzzing: remembers the last command.
@@ -74,7 +74,7 @@ pub fn raft_decode(data: &[u8]) {
 
 fn drain(node: &mut RaftNode<LastCommand>, now: Instant) {
     while let Some(out) = node.poll_output() {
-        if let crate::io::Output::Persist(batch) = out {
+        if let crate::raft::io::Output::Persist(batch) = out {
             node.handle(now, Input::Persisted(batch.seq));
         }
     }
