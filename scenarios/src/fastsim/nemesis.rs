@@ -86,6 +86,12 @@ impl Sim {
             }
             Fault::StaleReplay { count } => self.armed_replay = Some(count),
             Fault::PartitionAfterMinorityAppend => self.armed_minority_append = true,
+            Fault::Lease {
+                attack,
+                worst_clocks,
+                choice,
+            } => self.lease_attack(attack, worst_clocks, choice)?,
+            Fault::SplitConfig { choice } => self.split_config(choice)?,
         }
         Ok(())
     }
@@ -135,7 +141,7 @@ impl Sim {
     }
 
     /// `Fault::Transfer`: the leader hands over to another voter (thesis §3.10).
-    fn transfer(&mut self, choice: u64) -> Result<(), Violation> {
+    pub(super) fn transfer(&mut self, choice: u64) -> Result<(), Violation> {
         let Some(leader) = self.leader() else {
             return Ok(());
         };
@@ -239,6 +245,10 @@ impl Sim {
         self.armed_unsynced = None;
         self.armed_replay = None;
         self.armed_minority_append = false;
+        self.lease_armed = None;
+        self.probe = None;
+        self.split = None;
+        self.resume_workload();
         self.blocked.clear();
         self.lossy = false;
         self.healed_at = Some(self.now);
