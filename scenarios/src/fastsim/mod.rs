@@ -249,7 +249,8 @@ pub struct Sim {
     /// Nodes whose removal was proposed (they are never added again).
     removed: BTreeSet<NodeId>,
     /// Nodes whose removal a leader applied, and nodes that were told they were removed.
-    removals_applied: BTreeSet<NodeId>,
+    /// (With the index and term of the configuration entry that removed them.)
+    removals_applied: BTreeMap<NodeId, (LogIndex, paloma_core::Term)>,
     removed_told: BTreeSet<NodeId>,
     /// Cluster operations accepted and not yet ended (see `nemesis.rs`).
     nemesis: Vec<nemesis::Pending>,
@@ -370,7 +371,7 @@ impl Sim {
             workload: true,
             reads_served: Vec::new(),
             removed: BTreeSet::new(),
-            removals_applied: BTreeSet::new(),
+            removals_applied: BTreeMap::new(),
             removed_told: BTreeSet::new(),
             nemesis: Vec::new(),
             armed_unsynced: None,
