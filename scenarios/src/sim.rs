@@ -13,8 +13,10 @@
 //!   pending, so the kind is a choice of victim, not a guarantee;
 //! - `PartitionAfterMinorityAppend` cuts the current leader off with a minority at once: under the
 //!   continuous workload a leader always has entries in flight;
-//! - `Reconfigure` is not planned here (the madsim cluster has no spare nodes); the fast
-//!   simulator's `membership` family sweeps it.
+//! - `Reconfigure`, `SplitConfig` and `Lease` are not planned here (the madsim cluster has no
+//!   spare nodes, and those attacks strike at instants only the fast simulator's event loop
+//!   catches); the fast simulator's `membership`, `membership4` and `lease-attack` families sweep
+//!   them.
 
 #![allow(clippy::disallowed_types)] // the checker and history are shared with node and client tasks
 
@@ -427,10 +429,12 @@ impl Run {
                     }
                 }
             }
-            Fault::Reconfigure { .. } => {
-                c.note(format_args!(
-                    "membership changes are swept by the fast simulator, not planned under madsim"
-                ));
+            Fault::Reconfigure { .. } | Fault::SplitConfig { .. } | Fault::Lease { .. } => {
+                // `swarm` never plans these here: membership needs spare nodes, and the lease
+                // attacks and configuration splits strike at instants only the fast simulator's
+                // event loop can catch (its `membership`, `membership4` and `lease-attack`
+                // families sweep them).
+                c.note(format_args!("{fault:?} is not carried out under madsim"));
             }
         }
     }
@@ -750,6 +754,9 @@ pub fn swarm(mut cfg: SimConfig, base: &Faults) -> (SimConfig, Faults, String) {
     // never switches the scenario's own kinds off (nor on).
     f.partitions = base.partitions;
     f.crashes = base.crashes;
+    f.membership = false;
+    f.lease_attacks = false;
+    f.config_splits = false;
     f.targeted = f.targeted && base.targeted;
     // The drift bound of the scenario is the upper limit (drift far beyond it belongs to the fast
     // simulator's sweeps).

@@ -25,16 +25,26 @@ pub enum Family {
     Transfer,
     /// 3 nodes, lease-based reads, clocks drifting within the configured bound.
     Lease,
+    /// `Lease` plus leadership transfers and lease attacks: a leader cut off right after a round,
+    /// a supporting voter crashed and restarted right after its acknowledgement, a leader cut off
+    /// right after its TimeoutNow, worst-case clock pairs; reads pinned to the old leader.
+    LeaseAttack,
+    /// 4 voters and 2 spares, membership changes plus configuration splits (Ongaro 2015): a change
+    /// proposed by a leader the moment it wins, while an old leader holds a different uncommitted
+    /// change on the other side of a partition.
+    Membership4,
 }
 
 impl Family {
     /// Every family, in sweep order.
-    pub const ALL: [Family; 5] = [
+    pub const ALL: [Family; 7] = [
         Family::Chaos5,
         Family::Chaos3,
         Family::Membership,
         Family::Transfer,
         Family::Lease,
+        Family::LeaseAttack,
+        Family::Membership4,
     ];
 
     /// The configuration of `seed` in this family.
@@ -79,6 +89,28 @@ impl Family {
                 },
                 ..base
             },
+            Family::LeaseAttack => {
+                let lease = Family::Lease.config(seed);
+                SimConfig {
+                    faults: Faults {
+                        transfers: true,
+                        lease_attacks: true,
+                        ..lease.faults.clone()
+                    },
+                    ..lease
+                }
+            }
+            Family::Membership4 => SimConfig {
+                nodes: 4,
+                spares: 2,
+                clients: 3,
+                faults: Faults {
+                    membership: true,
+                    config_splits: true,
+                    ..base.faults.clone()
+                },
+                ..base
+            },
         }
     }
 
@@ -91,6 +123,8 @@ impl Family {
             Family::Membership => "membership",
             Family::Transfer => "transfer",
             Family::Lease => "lease",
+            Family::LeaseAttack => "lease-attack",
+            Family::Membership4 => "membership4",
         }
     }
 

@@ -71,6 +71,16 @@ fn sweep_lease() {
     run(Family::Lease);
 }
 
+#[test]
+fn sweep_lease_attack() {
+    run(Family::LeaseAttack);
+}
+
+#[test]
+fn sweep_membership4() {
+    run(Family::Membership4);
+}
+
 /// Seeds that once failed a sweep, kept so the fix stays fixed.
 ///
 /// - chaos5 4077 (uniform fault mix, before swarm testing): the votes for n1's term-3 candidacy

@@ -1,9 +1,10 @@
 //! `paloma-sim`: watch a simulated chaos run of the Raft cluster, sweep seeds, replay a failure.
 //!
 //! ```text
-//! paloma-sim watch [--seed N] [--family chaos5|chaos3|membership|transfer|lease] [--trace]
+//! paloma-sim watch [--seed N] [--family chaos5|chaos3|membership|transfer|lease|lease-attack|membership4] [--trace]
 //!                                                   one run told as a story (--trace: every message)
-//! paloma-sim sweep [--seeds N] [--first S] [--family F]    N seeds, ends with "N passed, M failed"
+//! paloma-sim sweep [--seeds N] [--first S] [--family F] [--no-shrink]
+//!                                                   N seeds, ends with "N passed, M failed"
 //! paloma-sim replay --seed S [--faults 1,4] [--family F]   re-run a seed (with a shrunk fault mask)
 //! ```
 
@@ -49,6 +50,9 @@ enum Cmd {
         /// Threads (seeds are independent, results do not depend on this).
         #[arg(long, default_value_t = 1)]
         jobs: usize,
+        /// Do not shrink failures (mutation campaigns: only the counts matter).
+        #[arg(long)]
+        no_shrink: bool,
     },
     /// Replay one seed, optionally with only some of its planned faults.
     Replay {
@@ -67,7 +71,7 @@ enum Cmd {
 
 fn family(name: &str) -> Result<Family, String> {
     Family::parse(name).ok_or_else(|| {
-        format!("unknown family {name:?} (expected chaos5, chaos3, membership, transfer or lease)")
+        format!("unknown family {name:?} (expected chaos5, chaos3, membership, transfer, lease, lease-attack or membership4)")
     })
 }
 
@@ -110,7 +114,8 @@ fn main() -> ExitCode {
             first,
             family: f,
             jobs,
-        } => family(&f).map(|f| run_sweep(f, first, seeds, jobs)),
+            no_shrink,
+        } => family(&f).map(|f| run_sweep(f, first, seeds, jobs, !no_shrink)),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,
@@ -165,7 +170,7 @@ fn watch(
     true
 }
 
-fn run_sweep(family: Family, first: u64, count: u64, jobs: usize) -> bool {
+fn run_sweep(family: Family, first: u64, count: u64, jobs: usize, shrinking: bool) -> bool {
     #[allow(clippy::disallowed_methods)] // wall time only for the progress display
     let start = std::time::Instant::now();
     let done = std::sync::atomic::AtomicU64::new(0);
@@ -179,7 +184,7 @@ fn run_sweep(family: Family, first: u64, count: u64, jobs: usize) -> bool {
         }
     });
     let wall = start.elapsed().as_secs_f64();
-    for report in &result.failed {
+    for report in result.failed.iter().filter(|_| shrinking) {
         let mask = shrink(family, report.seed);
         println!(
             "seed {} shrunk to faults {:?}; replay: {}",

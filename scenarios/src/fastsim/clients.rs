@@ -17,6 +17,18 @@ pub(super) struct Client {
     pub target: NodeId,
     pub pending: Option<(OpId, Attempt)>,
     pub generation: u64,
+    pub kind: ClientKind,
+}
+
+/// What a client does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum ClientKind {
+    /// The random workload.
+    Workload,
+    /// While a lease attack probes: reads only, pinned to the old leader.
+    ProbeReader,
+    /// While a lease attack probes: writes only, never at the old leader.
+    ProbeWriter,
 }
 
 #[derive(Debug, Clone)]
@@ -40,7 +52,11 @@ impl Sim {
 
     pub(super) fn client_act(&mut self, c: usize) -> Result<(), Violation> {
         if self.clients[c].pending.is_none() {
-            if !self.workload {
+            let idle = match self.clients[c].kind {
+                ClientKind::Workload => self.workload_paused,
+                ClientKind::ProbeReader | ClientKind::ProbeWriter => !self.probing(),
+            };
+            if !self.workload || idle {
                 return Ok(());
             }
             self.new_op(c);
@@ -52,7 +68,12 @@ impl Sim {
         let key = self.client_rng.below(u64::from(self.cfg.keys.max(1))) as u8;
         let roll = self.client_rng.below(100);
         let client = &mut self.clients[c];
-        let (op, attempt) = if roll < u64::from(self.cfg.read_pct) {
+        let read = match client.kind {
+            ClientKind::Workload => roll < u64::from(self.cfg.read_pct),
+            ClientKind::ProbeReader => true,
+            ClientKind::ProbeWriter => false,
+        };
+        let (op, attempt) = if read {
             self.next_read += 1;
             (
                 KvOp::Get { key },
@@ -140,12 +161,37 @@ impl Sim {
 
     fn retry_elsewhere(&mut self, c: usize, hint: Option<NodeId>) -> Result<(), Violation> {
         let nodes = self.cfg.nodes + self.cfg.spares;
-        let next = match hint {
+        let mut next = match hint {
             Some(l) if l != self.clients[c].target => l,
             _ => NodeId(1 + self.client_rng.below(nodes)),
         };
+        let mut backoff = 20_000_000 + self.client_rng.below(30_000_000);
+        if let Some(old) = self
+            .probe
+            .as_ref()
+            .filter(|_| self.probing())
+            .map(|p| p.old)
+        {
+            // The probes retry at once; the writer goes to whoever leads elsewhere (it knows, as
+            // the simulator does: the point is a write completed as early as possible).
+            match self.clients[c].kind {
+                ClientKind::Workload => {}
+                ClientKind::ProbeReader => {
+                    next = old;
+                    backoff = 1_000_000;
+                }
+                ClientKind::ProbeWriter => {
+                    next = match self.leader() {
+                        Some(l) if l != old => l,
+                        _ if next == old => NodeId(1 + next.0 % nodes),
+                        _ => next,
+                    };
+                    backoff = 1_000_000;
+                }
+            }
+        }
         self.clients[c].target = next;
-        let at = self.now + 20_000_000 + self.client_rng.below(30_000_000);
+        let at = self.now + backoff;
         self.schedule_client(c, at);
         Ok(())
     }
@@ -240,7 +286,12 @@ impl Sim {
 
     fn finish_op(&mut self, c: usize) {
         self.clients[c].pending = None;
-        let at = self.now + 1_000_000 + self.client_rng.below(20_000_000);
+        let think = if self.clients[c].kind == ClientKind::Workload {
+            self.client_rng.below(20_000_000)
+        } else {
+            self.client_rng.below(2_000_000)
+        };
+        let at = self.now + 1_000_000 + think;
         self.schedule_client(c, at);
     }
 }

@@ -54,6 +54,11 @@ pub struct Faults {
     pub transfers: bool,
     /// Plan targeted faults (crash while unsynced, stale replay, partition after a minority append).
     pub targeted: bool,
+    /// Plan lease attacks ([`LeaseAttack`]): a partition, crash or transfer at the moment a lease
+    /// is most exposed, with worst-case clock pairs and reads pinned to the old leader.
+    pub lease_attacks: bool,
+    /// Plan configuration splits ([`Fault::SplitConfig`], Ongaro's single-server change bug).
+    pub config_splits: bool,
 }
 
 impl Default for Faults {
@@ -79,6 +84,8 @@ impl Default for Faults {
             membership: false,
             transfers: false,
             targeted: true,
+            lease_attacks: false,
+            config_splits: false,
         }
     }
 }
@@ -159,6 +166,11 @@ impl Faults {
         f.torn_writes = chance(rng, 60);
         f.targeted = chance(rng, 70);
         if raft.read_mode == ReadMode::LeaseBased {
+            if f.lease_attacks {
+                // The configured bound itself varies: the lease's drift margin is 2δ of an election
+                // timeout, which a wide bound makes wide enough for a new leader to win inside it.
+                raft.clock_drift_max_ppm = pick(rng, &[10_000, 50_000, 200_000]);
+            }
             // Lease reads are safe only while clocks drift within the configured bound.
             f.drift_ppm_max = raft.clock_drift_max_ppm;
         } else {
@@ -166,6 +178,12 @@ impl Faults {
             raft.check_quorum = chance(rng, 70);
         }
         raft.pre_vote = chance(rng, 70);
+        if f.config_splits && !raft.check_quorum {
+            // A split can leave a removed voter that no replica tells it was removed (the notice
+            // rule's limit, scenarios/MUTATION_RESULTS.md); with neither pre-vote nor check-quorum
+            // its ever-higher terms depose every leader (thesis §4.2.3), a known liveness failure.
+            raft.pre_vote = true;
+        }
         raft.snapshot_chunk_bytes = if f.membership {
             // Joining learners catch up through snapshots in many chunks (chunk resumption).
             pick(rng, &[32, 64, 128])
@@ -186,7 +204,7 @@ impl Faults {
     pub fn describe(&self, raft: &Config) -> String {
         let ms = |d: Duration| d.as_secs_f64() * 1e3;
         format!(
-            "loss {}% dup {}% spikes {}% (<= {:.0} ms), delay {:.1}-{:.1} ms, fsync {:.3}-{:.1} ms (stalls {}% <= {:.0} ms), faults every {:.1}-{:.1} s{}{}{}{}{}{}, drift <= {}%; pre-vote {}, check-quorum {}, {:?}, chunk {} B, snapshot every {} (+{} kept), append <= {} x {} in flight",
+            "loss {}% dup {}% spikes {}% (<= {:.0} ms), delay {:.1}-{:.1} ms, fsync {:.3}-{:.1} ms (stalls {}% <= {:.0} ms), faults every {:.1}-{:.1} s{}{}{}{}{}{}{}{}, drift <= {}%; pre-vote {}, check-quorum {}, {:?}, chunk {} B, snapshot every {} (+{} kept), append <= {} x {} in flight",
             self.loss_ppm / 10_000,
             self.dup_ppm / 10_000,
             f64::from(self.spike_ppm) / 10_000.0,
@@ -205,6 +223,8 @@ impl Faults {
             if self.targeted { ", targeted" } else { "" },
             if self.membership { ", membership" } else { "" },
             if self.transfers { ", transfers" } else { "" },
+            if self.lease_attacks { ", lease attacks" } else { "" },
+            if self.config_splits { ", config splits" } else { "" },
             f64::from(self.drift_ppm_max) / 10_000.0,
             on(raft.pre_vote),
             on(raft.check_quorum),
@@ -238,6 +258,27 @@ pub enum Unsynced {
     Append,
     /// An installed snapshot.
     Snapshot,
+}
+
+/// A targeted attack on leader leases (thesis §6.4.1): each strikes when a lease is most exposed,
+/// and pins reads to the old leader for two election timeouts while writes go to whoever leads
+/// elsewhere, so a read served past the true end of the lease is caught by linearizability.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LeaseAttack {
+    /// The leader is cut off alone right after it receives a heartbeat acknowledgement (a round it
+    /// counts for its lease; the voters' vote refusal runs from when they heard it).
+    CutAfterRound,
+    /// A bridge (the leader reaches only `choice`'s voter) until the far voters have been without
+    /// the leader for an election timeout; then, right after the bridge voter acknowledges a round,
+    /// it crashes and restarts after `down_for` while the leader is cut off: a restarted voter must
+    /// still refuse votes for the lease it supported.
+    CrashAfterRound {
+        /// Downtime of the bridge voter.
+        down_for: std::time::Duration,
+    },
+    /// The leader transfers leadership (thesis §3.10) and is cut off right after its TimeoutNow:
+    /// the target campaigns past the voters' stickiness, so the lease must end there.
+    TransferThenCut,
 }
 
 /// One planned fault.
@@ -306,6 +347,27 @@ pub enum Fault {
     /// Targeted: as soon as the leader sends new entries, it is cut off with a minority that
     /// received them.
     PartitionAfterMinorityAppend,
+    /// Targeted lease attack (see [`LeaseAttack`]).
+    Lease {
+        /// What strikes.
+        attack: LeaseAttack,
+        /// First set the clocks to the worst case the configuration allows: the leader's slow by
+        /// the full drift bound, every other node's fast by it.
+        worst_clocks: bool,
+        /// Picks the voter the attack uses (bridge voter, transfer target).
+        choice: u64,
+    },
+    /// Targeted, Ongaro's single-server membership bug (raft-dev, 2015): the leader of an even
+    /// number of voters is cut off alone (with the learner it promotes, if so) and appends a
+    /// configuration change only it holds; the first append of the next leader elsewhere cuts the
+    /// network again so that the old leader's side holds a quorum of the old leader's new
+    /// configuration and the new leader's side a quorum of a change the new leader proposes at
+    /// once, before its first entry commits. Safe only if the new leader refuses to change the
+    /// configuration until an entry of its term is committed.
+    SplitConfig {
+        /// Picks the two changes.
+        choice: u64,
+    },
 }
 
 /// The planned faults of a run, in time order.
@@ -341,6 +403,35 @@ impl FaultPlan {
                 shuffled.swap(i, j);
             }
             let roll = rng.below(100);
+            // Drawn only by the families that ask for them (the other families' plans are as before).
+            if f.config_splits && rng.below(100) < 25 {
+                events.push((
+                    t,
+                    Fault::SplitConfig {
+                        choice: rng.next_u64(),
+                    },
+                ));
+                continue;
+            }
+            if f.lease_attacks && rng.below(100) < 50 {
+                let attack = match rng.below(10) {
+                    0..=4 => LeaseAttack::CutAfterRound,
+                    5..=7 if f.crashes => LeaseAttack::CrashAfterRound {
+                        down_for: Duration::from_millis(1 + rng.below(60)),
+                    },
+                    5..=7 => LeaseAttack::CutAfterRound,
+                    _ => LeaseAttack::TransferThenCut,
+                };
+                events.push((
+                    t,
+                    Fault::Lease {
+                        attack,
+                        worst_clocks: chance(rng, 75),
+                        choice: rng.next_u64(),
+                    },
+                ));
+                continue;
+            }
             if f.membership && rng.below(100) < 30 {
                 events.push((
                     t,

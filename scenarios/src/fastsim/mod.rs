@@ -7,6 +7,7 @@
 //! Everything comes from one seed, forked per concern (network, disk, faults, clients, each node's
 //! Raft), so removing a fault while shrinking does not reshuffle the rest of the run.
 
+mod attacks;
 mod clients;
 mod disk;
 mod faults;
@@ -14,12 +15,12 @@ mod nemesis;
 mod net;
 mod trace;
 
-pub use faults::{Fault, FaultPlan, Faults, Unsynced};
+pub use faults::{Fault, FaultPlan, Faults, LeaseAttack, Unsynced};
 pub use trace::Trace;
 
 use crate::history::History;
 use crate::kv::Kv;
-use clients::Client;
+use clients::{Client, ClientKind};
 use paloma_core::raft::check::{SafetyChecker, Violation};
 use paloma_core::raft::io::{Input, Output, Role};
 use paloma_core::raft::storage::{MemStorage, PersistBatch, Recovered};
@@ -198,6 +199,10 @@ enum Ev {
         down_for: Duration,
     },
     EndChaos,
+    /// A configuration split's new leader proposes its change (see `attacks.rs`).
+    SplitPropose,
+    /// A lease attack's next stage (see `attacks.rs`).
+    LeaseStage,
 }
 
 struct SimNode {
@@ -244,7 +249,8 @@ pub struct Sim {
     /// Nodes whose removal was proposed (they are never added again).
     removed: BTreeSet<NodeId>,
     /// Nodes whose removal a leader applied, and nodes that were told they were removed.
-    removals_applied: BTreeSet<NodeId>,
+    /// (With the index and term of the configuration entry that removed them.)
+    removals_applied: BTreeMap<NodeId, (LogIndex, paloma_core::Term)>,
     removed_told: BTreeSet<NodeId>,
     /// Cluster operations accepted and not yet ended (see `nemesis.rs`).
     nemesis: Vec<nemesis::Pending>,
@@ -258,6 +264,13 @@ pub struct Sim {
     leader_term_seen: paloma_core::Term,
     /// When the story trace prints its next progress line (nanoseconds).
     next_progress: u64,
+    /// A lease attack waiting for its moment, and the reads it pins to an old leader.
+    lease_armed: Option<attacks::LeaseArmed>,
+    probe: Option<attacks::Probe>,
+    /// A configuration split in progress.
+    split: Option<attacks::Split>,
+    /// The workload clients start no new operation (a lease attack quiets the log first).
+    workload_paused: bool,
 }
 
 impl std::fmt::Debug for Sim {
@@ -307,15 +320,29 @@ impl Sim {
                 },
             );
         }
-        let clients = (0..cfg.clients)
+        let mut clients: Vec<Client> = (0..cfg.clients)
             .map(|c| Client {
                 id: ClientId(c as u64 + 1),
                 seq: 0,
                 target: voters[c % voters.len()],
                 pending: None,
                 generation: 0,
+                kind: ClientKind::Workload,
             })
             .collect();
+        if cfg.faults.lease_attacks {
+            // Idle until a lease attack strikes (see `attacks.rs`).
+            for kind in [ClientKind::ProbeReader, ClientKind::ProbeWriter] {
+                clients.push(Client {
+                    id: ClientId(clients.len() as u64 + 1),
+                    seq: 0,
+                    target: voters[0],
+                    pending: None,
+                    generation: 0,
+                    kind,
+                });
+            }
+        }
         let mut sim = Sim {
             net_rng: DetRng::fork(cfg.seed, "net"),
             disk_rng: DetRng::fork(cfg.seed, "disk"),
@@ -344,7 +371,7 @@ impl Sim {
             workload: true,
             reads_served: Vec::new(),
             removed: BTreeSet::new(),
-            removals_applied: BTreeSet::new(),
+            removals_applied: BTreeMap::new(),
             removed_told: BTreeSet::new(),
             nemesis: Vec::new(),
             armed_unsynced: None,
@@ -353,6 +380,10 @@ impl Sim {
             old_frames: VecDeque::new(),
             leader_term_seen: paloma_core::Term(0),
             next_progress: 1_000_000_000,
+            lease_armed: None,
+            probe: None,
+            split: None,
+            workload_paused: false,
         };
         for id in all {
             sim.start_node(id);
@@ -364,7 +395,7 @@ impl Sim {
         }
         let chaos_end = dur_nanos(sim.cfg.chaos);
         sim.schedule(chaos_end, Ev::EndChaos);
-        for c in 0..sim.clients.len() {
+        for c in 0..sim.cfg.clients {
             let start = 200_000_000 + sim.client_rng.below(100_000_000);
             sim.schedule_client(c, start);
         }
@@ -467,7 +498,12 @@ impl Sim {
                         self.trace.message(self.now, "recv", &env);
                     }
                 }
-                self.step_node(to, |node, now| node.handle_frame(now, &frame))
+                let round_ack = self.lease_armed.is_some() && self.is_armed_round_ack(to, &frame);
+                self.step_node(to, |node, now| node.handle_frame(now, &frame))?;
+                if round_ack {
+                    self.after_round_ack()?;
+                }
+                Ok(())
             }
             Ev::Timer { node, generation } => {
                 let n = &self.nodes[&node];
@@ -484,6 +520,16 @@ impl Sim {
                 Ok(())
             }
             Ev::Fault(i) => {
+                if self.chaos_over {
+                    // Only a fault deferred past a lease attack's window can land here.
+                    return Ok(());
+                }
+                if let Some(p) = self.probe.as_ref().filter(|p| self.now < p.until) {
+                    // A lease attack's window is left alone: planned faults strike when it ends.
+                    let at = p.until;
+                    self.schedule(at, Ev::Fault(i));
+                    return Ok(());
+                }
                 let fault = self.plan.events[i].1.clone();
                 self.inject_fault(fault)
             }
@@ -500,6 +546,8 @@ impl Sim {
                 Ok(())
             }
             Ev::EndChaos => self.heal_all(),
+            Ev::SplitPropose => self.split_propose(),
+            Ev::LeaseStage => self.lease_stage(),
         }
     }
 

@@ -15,6 +15,15 @@ const OLD_FRAMES_MAX: usize = 512;
 
 impl Sim {
     pub(super) fn send(&mut self, env: Envelope) -> Result<(), Violation> {
+        let timeout_now_cut = self.lease_armed.is_some() && self.is_armed_timeout_now(&env);
+        self.route(env)?;
+        if timeout_now_cut {
+            self.after_timeout_now()?;
+        }
+        Ok(())
+    }
+
+    fn route(&mut self, env: Envelope) -> Result<(), Violation> {
         self.report.messages.0 += 1;
         self.trace.message(self.now, "send", &env);
         // The boundary: what the message promises must already be on the sender's disk.
@@ -22,6 +31,9 @@ impl Sim {
             .observe_send(&env, self.nodes[&env.from].disk.state())?;
         if self.armed_minority_append {
             self.maybe_cut_after_minority_append(&env)?;
+        }
+        if self.split.is_some() {
+            self.split_on_new_leader(&env)?;
         }
         if self.blocked.contains(&(env.from, env.to)) || !self.nodes.contains_key(&env.to) {
             self.report.messages.1 += 1;
