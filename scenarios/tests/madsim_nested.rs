@@ -29,7 +29,11 @@ const DEFAULT_SEEDS: &str = "2";
 ///   session when theirs expired).
 /// - kill_restart_with_torn_writes 100049: crashes every 0.1-0.8 s kept a 3-node cluster below a
 ///   quorum most of the chaos phase; the throughput floor is now checked after the faults heal.
-const REGRESSION_SEEDS: [(&str, &str, u64); 4] = [
+/// - five_nodes_all_faults 200057: a follower's acknowledgement of entries that a later batch, made
+///   durable in the same group commit, truncated for a new leader left with nothing on disk behind
+///   it (the boundary check); the core now drops released messages of an earlier term (outbox
+///   invariant 7).
+const REGRESSION_SEEDS: [(&str, &str, u64); 5] = [
     (
         "madsim_durability",
         "fsync_failure_stops_the_leader_and_loses_nothing",
@@ -38,6 +42,7 @@ const REGRESSION_SEEDS: [(&str, &str, u64); 4] = [
     ("madsim_chaos", "five_nodes_all_faults", 100_005),
     ("madsim_chaos", "leadership_transfers_under_faults", 100_018),
     ("madsim_chaos", "kill_restart_with_torn_writes", 100_049),
+    ("madsim_chaos", "five_nodes_all_faults", 200_057),
 ];
 
 #[test]

@@ -170,9 +170,10 @@ impl<S: StateMachine> RaftNode<S> {
     }
 
     fn on_persisted(&mut self, seq: PersistSeq) {
-        match self.outbox.on_persisted(seq, &self.log) {
+        match self.outbox.on_persisted(seq, &self.log, self.term) {
             Persisted::Unknown => self.stats.persisted_unknown += 1,
-            Persisted::Durable => {
+            Persisted::Durable { stale } => {
+                self.stats.stale_released_dropped += stale;
                 if self.lead.is_some() {
                     self.maybe_commit();
                 }

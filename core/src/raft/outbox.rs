@@ -23,8 +23,16 @@
 //!    term the log still holds (the ABA guard of etcd's
 //!    `async_storage_writes_append_aba_race.txt`: a write of an entry later truncated and
 //!    replaced must not count for the replacement), and never exceeds the log's last index.
+//! 7. A message released by `Persisted` leaves only if it belongs to the node's current term.
+//!    One made in an earlier term (an append acknowledgement, a granted vote) is dropped: its
+//!    promise may no longer hold on disk. With group commit a batch that writes entries and the
+//!    next batch that truncates them for a new leader can become durable together, and an
+//!    acknowledgement of the truncated entries would then leave with nothing on disk behind it
+//!    (found by the madsim boundary check, seed 200057 of `five_nodes_all_faults`). Dropping is
+//!    always safe: the network may lose any message, and the addressee is a leader or candidate of
+//!    a term the node has left.
 
-use crate::ids::{LogId, LogIndex, PersistSeq};
+use crate::ids::{LogId, LogIndex, PersistSeq, Term};
 use crate::raft::io::{Event, Output};
 use crate::raft::log::RaftLog;
 use crate::raft::message::Envelope;
@@ -49,8 +57,12 @@ pub(crate) enum Needs {
 pub(crate) enum Persisted {
     /// A batch never issued or already durable: ignored.
     Unknown,
-    /// Batches up to `seq` are durable now.
-    Durable,
+    /// Batches up to `seq` are durable now; `stale` released messages of an earlier term were
+    /// dropped instead of sent (invariant 7).
+    Durable {
+        /// Messages dropped because the node has moved to a later term since they were made.
+        stale: u64,
+    },
 }
 
 /// The persistence queue and output funnel of one node.
@@ -152,8 +164,9 @@ impl Outbox {
     }
 
     /// The runtime made batches up to `seq` durable. Raises `durable_match` (through the ABA
-    /// guard against `log`) and releases the messages whose batch is now durable.
-    pub(crate) fn on_persisted(&mut self, seq: PersistSeq, log: &RaftLog) -> Persisted {
+    /// guard against `log`) and releases the messages whose batch is now durable, dropping those
+    /// of a term before `term` (invariant 7).
+    pub(crate) fn on_persisted(&mut self, seq: PersistSeq, log: &RaftLog, term: Term) -> Persisted {
         if seq > self.issued || seq <= self.durable {
             return Persisted::Unknown;
         }
@@ -166,12 +179,17 @@ impl Outbox {
                 self.durable_match = last.index;
             }
         }
+        let mut stale = 0;
         while self.waiting.front().is_some_and(|(needs, _)| *needs <= seq) {
             let (_, env) = self.waiting.pop_front().expect("checked");
-            self.ready.push_back(Output::Send(env));
+            if env.term < term {
+                stale += 1;
+            } else {
+                self.ready.push_back(Output::Send(env));
+            }
         }
         assert!(self.durable <= self.issued, "durable batch never issued");
-        Persisted::Durable
+        Persisted::Durable { stale }
     }
 
     // ----- messages and events ---------------------------------------------------------------
@@ -355,7 +373,10 @@ mod tests {
         o.issue(HardState::default(), LogId::new(Term(1), LogIndex(1)));
         o.check_invariants(LogIndex(1));
         assert_eq!(drain(&mut o), (vec![1], vec![]), "both wait for batch 1");
-        assert_eq!(o.on_persisted(PersistSeq(1), &log), Persisted::Durable);
+        assert_eq!(
+            o.on_persisted(PersistSeq(1), &log, Term(1)),
+            Persisted::Durable { stale: 0 }
+        );
         assert_eq!(
             drain(&mut o),
             (vec![], vec![2, 3]),
@@ -382,7 +403,7 @@ mod tests {
         o.issue(HardState::default(), LogId::new(Term(1), LogIndex(1)));
         assert_eq!(drain(&mut o), (vec![1, 2], vec![]));
         let log = log_with(&[1]);
-        o.on_persisted(PersistSeq(1), &log);
+        o.on_persisted(PersistSeq(1), &log, Term(1));
         assert!(o.send(env(3), Needs::Term));
         assert_eq!(drain(&mut o), (vec![], vec![2, 3]), "term durable: both go");
         assert_eq!(o.durable_match(), LogIndex(0), "batch 2 is not durable yet");
@@ -392,17 +413,29 @@ mod tests {
     fn unknown_and_old_acknowledgements_change_nothing() {
         let log = log_with(&[1]);
         let mut o = Outbox::new(LogIndex(0), 16);
-        assert_eq!(o.on_persisted(PersistSeq(1), &log), Persisted::Unknown);
+        assert_eq!(
+            o.on_persisted(PersistSeq(1), &log, Term(1)),
+            Persisted::Unknown
+        );
         o.stage(PersistOp::Append(vec![entry(1, 1)]));
         assert!(o.send(env(2), Needs::Staged));
         o.issue(HardState::default(), LogId::new(Term(1), LogIndex(1)));
-        assert_eq!(o.on_persisted(PersistSeq(2), &log), Persisted::Unknown);
-        assert_eq!(o.on_persisted(PersistSeq(0), &log), Persisted::Unknown);
+        assert_eq!(
+            o.on_persisted(PersistSeq(2), &log, Term(1)),
+            Persisted::Unknown
+        );
+        assert_eq!(
+            o.on_persisted(PersistSeq(0), &log, Term(1)),
+            Persisted::Unknown
+        );
         assert_eq!(drain(&mut o), (vec![1], vec![]), "nothing released");
         assert_eq!(o.durable_match(), LogIndex(0));
-        assert_eq!(o.on_persisted(PersistSeq(1), &log), Persisted::Durable);
         assert_eq!(
-            o.on_persisted(PersistSeq(1), &log),
+            o.on_persisted(PersistSeq(1), &log, Term(1)),
+            Persisted::Durable { stale: 0 }
+        );
+        assert_eq!(
+            o.on_persisted(PersistSeq(1), &log, Term(1)),
             Persisted::Unknown,
             "reported twice"
         );
@@ -422,13 +455,13 @@ mod tests {
         o.stage(PersistOp::Append(vec![entry(1, 2)]));
         o.issue(HardState::default(), LogId::new(Term(2), LogIndex(1)));
         let log = log_with(&[2]);
-        o.on_persisted(PersistSeq(1), &log);
+        o.on_persisted(PersistSeq(1), &log, Term(1));
         assert_eq!(
             o.durable_match(),
             LogIndex(0),
             "1@1 is gone: its write proves nothing"
         );
-        o.on_persisted(PersistSeq(2), &log);
+        o.on_persisted(PersistSeq(2), &log, Term(1));
         assert_eq!(o.durable_match(), LogIndex(1));
         o.check_invariants(LogIndex(1));
     }
@@ -444,5 +477,29 @@ mod tests {
         });
         o.issue(HardState::default(), LogId::default());
         assert_eq!(drain(&mut o), (vec![1], vec![2, 3]));
+    }
+
+    #[test]
+    fn a_released_message_of_an_earlier_term_is_dropped() {
+        let log = log_with(&[1]);
+        let mut o = Outbox::new(LogIndex(0), 16);
+        o.stage(PersistOp::Append(vec![entry(1, 1)]));
+        assert!(
+            o.send(env(2), Needs::Staged),
+            "an acknowledgement in term 1"
+        );
+        o.issue(HardState::default(), LogId::new(Term(1), LogIndex(1)));
+        assert_eq!(drain(&mut o), (vec![1], vec![]));
+        // The node moved to term 2 before the write became durable.
+        assert_eq!(
+            o.on_persisted(PersistSeq(1), &log, Term(2)),
+            Persisted::Durable { stale: 1 }
+        );
+        assert_eq!(
+            drain(&mut o),
+            (vec![], vec![]),
+            "the term-1 ack never leaves"
+        );
+        o.check_invariants(LogIndex(1));
     }
 }

@@ -37,6 +37,9 @@ pub struct Stats {
     pub snapshots_taken: u64,
     /// Persist acknowledgements for batches never issued.
     pub persisted_unknown: u64,
+    /// Messages that waited for a write and were dropped when it became durable, because the node
+    /// had moved to a later term meanwhile (outbox invariant 7).
+    pub stale_released_dropped: u64,
 }
 
 /// A snapshot of a node's state for status displays and checkers.
