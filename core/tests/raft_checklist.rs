@@ -187,6 +187,7 @@ fn restart_from_snapshot_keeps_membership_and_sessions() {
     let expected = Membership {
         voters: BTreeSet::from([n(1), n(2), n(3)]),
         learners: BTreeSet::from([n(4)]),
+        ..Membership::default()
     };
     for id in c.ids() {
         c.crash(id);

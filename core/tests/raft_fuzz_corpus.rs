@@ -14,7 +14,7 @@ use paloma_core::raft::fuzz::{raft_decode, raft_frames, LastCommand};
 use paloma_core::raft::io::{Input, Output, Role};
 use paloma_core::raft::message::{
     AppendRequest, AppendResponse, Body, Envelope, HeartbeatRequest, HeartbeatResponse,
-    SnapshotAck, SnapshotChunk, VoteRequest, VoteResponse,
+    SnapshotAck, SnapshotChunk, VoteRequest, VoteResponse, WIRE_VERSION,
 };
 use paloma_core::raft::state_machine::DedupTable;
 use paloma_core::raft::storage::Recovered;
@@ -638,9 +638,11 @@ fn write_raft_seed_corpora() {
     let base = envelopes()[6].1.encode();
     write(&decode_dir, "mut-empty", &[]);
     write(&decode_dir, "mut-truncated", &base[..base.len() / 2]);
-    let mut v2 = base.clone();
-    v2[0] = 2;
-    write(&decode_dir, "mut-version-2", &v2);
+    for version in [1, WIRE_VERSION + 1] {
+        let mut other = base.clone();
+        other[0] = version;
+        write(&decode_dir, &format!("mut-version-{version}"), &other);
+    }
     let mut trailing = base.clone();
     trailing.push(0);
     write(&decode_dir, "mut-trailing-byte", &trailing);

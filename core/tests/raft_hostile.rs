@@ -108,6 +108,7 @@ fn single_voter_leader_sends_nothing_before_its_term_is_durable() {
     let membership = Membership {
         voters: [NodeId(1)].into(),
         learners: [NodeId(2)].into(),
+        ..Membership::default()
     };
     let recovered = Recovered {
         snapshot: Some(Snapshot::bootstrap(membership, vec![])),

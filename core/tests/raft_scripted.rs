@@ -9,9 +9,9 @@ mod support;
 
 use paloma_core::raft::io::{Event, Role, TimerKind};
 use paloma_core::raft::message::{AppendResponse, Body, Envelope, VoteResponse};
-use paloma_core::raft::storage::PersistOp;
+use paloma_core::raft::storage::{PersistOp, Recovered};
 use paloma_core::raft::{
-    Membership, MembershipChange, MembershipError, ProposeError, TransferError,
+    Membership, MembershipChange, MembershipError, ProposeError, ReplicatedSettings, TransferError,
 };
 use paloma_core::{LogId, LogIndex, ReadId, Term};
 use proptest::prelude::*;
@@ -1065,6 +1065,51 @@ fn transfer_leadership_timeout_and_proposals_refused_during_transfer() {
 
 /// Thesis §6.3: the same (client, seq) proposed twice, on one leader and again on the next after a
 /// leader change, applies once; the retry gets the cached response.
+/// The de-duplication bound is replicated state (thesis §6.3): it is fixed at bootstrap, travels
+/// in the configuration, and a learner that joins from an empty disk and replays the log from
+/// index 1 applies with the cluster's bound, not a default of its own. With a bound of 1, client
+/// 1's session is evicted by client 2's command, so client 1's next command is refused; a replica
+/// applying with a larger bound would run it and diverge.
+#[test]
+fn dedup_bound_travels_with_the_configuration() {
+    let settings = ReplicatedSettings {
+        dedup_clients_max: 1,
+    };
+    let voters = [n(1), n(2), n(3)];
+    let states = voters
+        .iter()
+        .map(|id| (*id, Recovered::bootstrap_with(voters, settings)))
+        .collect();
+    let mut c = Cluster::from_states(states, |_| {});
+    c.elect(n(1));
+    for (client, seq, data) in [(1, 1, b"a"), (2, 1, b"b"), (1, 2, b"c")] {
+        c.propose(n(1), client, seq, data).unwrap();
+        c.stabilize();
+    }
+    assert_eq!(
+        c.raft(n(1)).state_machine().count(b"c"),
+        0,
+        "client 1 was evicted"
+    );
+    assert!(c.take_events(n(1)).iter().any(|e| matches!(
+        e,
+        Event::ProposalDropped {
+            reason: paloma_core::raft::io::DropReason::SessionExpired,
+            ..
+        }
+    )));
+    c.add_empty_node(n(4), |_| {});
+    c.change_membership(n(1), MembershipChange::AddLearner(n(4)))
+        .unwrap();
+    c.stabilize();
+    c.settle();
+    let learner = c.raft(n(4));
+    assert_eq!(learner.status().membership.settings, settings);
+    assert_eq!(learner.status().applied, c.status(n(1)).commit);
+    assert_eq!(learner.state_machine(), c.raft(n(1)).state_machine());
+    assert_eq!(learner.state_machine().count(b"c"), 0);
+}
+
 #[test]
 fn client_dedup_same_seq_applies_once() {
     let mut c = Cluster::new(3);

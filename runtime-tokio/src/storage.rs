@@ -30,8 +30,10 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::path::Path;
 
-/// The version byte that starts every stored record.
-pub const RECORD_VERSION: u8 = 1;
+/// The version byte that starts every stored record. Version 2: `Membership` (in entries and
+/// snapshots) carries the `ReplicatedSettings`; a version-1 store is refused as
+/// `StorageError::Version` (no release ever wrote version 1).
+pub const RECORD_VERSION: u8 = 2;
 
 /// Small records: the hard state, the log base and the snapshot.
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_meta");

@@ -17,6 +17,10 @@ pub enum ReadMode {
 }
 
 /// Raft tunables. Build with `Config { id, ..Config::default() }` and call [`Config::validate`].
+///
+/// Everything here is local to one node: timing, batching, limits. A setting that decides what
+/// `apply` produces must not live here, since nodes may be configured differently; it travels
+/// in the replicated configuration (`ReplicatedSettings`).
 #[derive(Clone, Debug)]
 pub struct Config {
     /// This replica.
@@ -71,8 +75,6 @@ pub struct Config {
     pub snapshot_chunk_bytes: usize,
     /// Largest snapshot a follower accepts.
     pub snapshot_bytes_max: u64,
-    /// Client sessions kept in the de-duplication table (thesis §6.3).
-    pub dedup_clients_max: usize,
     /// A learner counts as caught up when it is at most this many entries behind.
     pub catch_up_lag_max: u64,
 }
@@ -101,7 +103,6 @@ impl Default for Config {
             snapshot_trailing_entries: 1_000,
             snapshot_chunk_bytes: 256 << 10,
             snapshot_bytes_max: 1 << 30,
-            dedup_clients_max: 100_000,
             catch_up_lag_max: 64,
         }
     }
@@ -125,8 +126,8 @@ pub enum ConfigError {
     /// `frame_bytes_max` cannot hold a whole command or snapshot chunk.
     #[error("frame_bytes_max must hold a whole command and a snapshot chunk")]
     FrameTooSmall,
-    /// `snapshot_threshold_entries` or `dedup_clients_max` is zero.
-    #[error("snapshot_threshold_entries and dedup_clients_max must be positive")]
+    /// `snapshot_threshold_entries` is zero.
+    #[error("snapshot_threshold_entries must be positive")]
     ThresholdZero,
     /// `ReadMode::LeaseBased` without `check_quorum`.
     #[error("lease reads need check_quorum")]
@@ -162,7 +163,7 @@ impl Config {
         {
             return Err(ConfigError::FrameTooSmall);
         }
-        if self.snapshot_threshold_entries == 0 || self.dedup_clients_max == 0 {
+        if self.snapshot_threshold_entries == 0 {
             return Err(ConfigError::ThresholdZero);
         }
         if self.read_mode == ReadMode::LeaseBased && !self.check_quorum {

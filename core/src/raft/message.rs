@@ -9,8 +9,10 @@ use crate::ids::{LogId, LogIndex, NodeId, ReadId, Term};
 use crate::raft::types::{Entry, SnapshotMeta};
 use serde::{Deserialize, Serialize};
 
-/// The wire format version of Raft frames.
-pub const WIRE_VERSION: u8 = 1;
+/// The wire format version of Raft frames. Version 2: `Membership` carries the
+/// `ReplicatedSettings`; a version-1 frame is refused as `DecodeError::Version(1)` (no release
+/// ever spoke version 1).
+pub const WIRE_VERSION: u8 = 2;
 
 /// One Raft message between two replicas.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -286,9 +288,16 @@ mod tests {
             Envelope::decode(&bytes, 3),
             Err(DecodeError::TooLarge { .. })
         ));
-        let mut v2 = bytes.clone();
-        v2[0] = 2;
-        assert_eq!(Envelope::decode(&v2, 1 << 20), Err(DecodeError::Version(2)));
+        // Version 1 (before the configuration carried `ReplicatedSettings`) and unknown versions
+        // fail clearly.
+        for version in [1, WIRE_VERSION + 1] {
+            let mut other = bytes.clone();
+            other[0] = version;
+            assert_eq!(
+                Envelope::decode(&other, 1 << 20),
+                Err(DecodeError::Version(version))
+            );
+        }
         let mut trailing = bytes.clone();
         trailing.push(0);
         assert_eq!(

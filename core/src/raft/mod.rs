@@ -45,4 +45,7 @@ pub use message::{Body, Envelope};
 pub use node::RaftNode;
 pub use state_machine::{ApplyContext, StateMachine};
 pub use status::{Stats, Status};
-pub use types::{Entry, HardState, Membership, MembershipChange, Payload, Snapshot, SnapshotMeta};
+pub use types::{
+    Entry, HardState, Membership, MembershipChange, Payload, ReplicatedSettings, Snapshot,
+    SnapshotMeta,
+};

@@ -106,7 +106,9 @@ impl<S: StateMachine> RaftNode<S> {
         {
             return Err(RecoveredLogError::NotAfterBase.into());
         }
-        let mut dedup = DedupTable::new(cfg.dedup_clients_max);
+        // The bound is replicated state (`ReplicatedSettings`): the snapshot's configuration
+        // decides it; a node that knows none yet applies nothing until it does (`apply.rs`).
+        let mut dedup = DedupTable::new(snapshot.meta.membership.settings.dedup_bound());
         let mut sm = sm;
         if snapshot.meta.last.index > LogIndex(0) {
             dedup.restore(&mut sm, &snapshot.data)?;

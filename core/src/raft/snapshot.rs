@@ -6,7 +6,7 @@ use crate::raft::io::{Event, Role};
 use crate::raft::message::{Body, SnapshotAck, SnapshotChunk};
 use crate::raft::node::RaftNode;
 use crate::raft::progress::ProgressState;
-use crate::raft::state_machine::StateMachine;
+use crate::raft::state_machine::{DedupTable, StateMachine};
 use crate::raft::storage::PersistOp;
 use crate::raft::types::{Snapshot, SnapshotMeta};
 
@@ -268,11 +268,16 @@ impl<S: StateMachine> RaftNode<S> {
             meta: incoming.meta,
             data: incoming.data,
         };
-        if let Err(err) = self.dedup.restore(&mut self.sm, &snapshot.data) {
+        // The snapshot's configuration carries the table's bound (`ReplicatedSettings`); the
+        // snapshot replaces the whole table, so a fresh one restores it (and on a decoding error
+        // the old one stays).
+        let mut dedup = DedupTable::new(snapshot.meta.membership.settings.dedup_bound());
+        if let Err(err) = dedup.restore(&mut self.sm, &snapshot.data) {
             self.stats.messages_invalid += 1;
             tracing::warn!(node = %self.id, %err, "snapshot from leader does not decode");
             return;
         }
+        self.dedup = dedup;
         self.install_snapshot(snapshot);
         self.send(
             from,

@@ -119,6 +119,13 @@ impl DedupTable {
         }
     }
 
+    /// Changes the bound (the replicated configuration in effect decides it). Sessions over a
+    /// lower bound are evicted at the next fresh command, deterministically.
+    pub fn set_clients_max(&mut self, clients_max: usize) {
+        assert!(clients_max > 0);
+        self.clients_max = clients_max;
+    }
+
     /// The number of client sessions held.
     #[must_use]
     pub fn len(&self) -> usize {

@@ -8,7 +8,7 @@
 
 use crate::ids::NodeId;
 use crate::ids::{LogId, LogIndex, PersistSeq};
-use crate::raft::types::{Entry, HardState, Membership, Snapshot};
+use crate::raft::types::{Entry, HardState, Membership, ReplicatedSettings, Snapshot};
 
 /// One write operation.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -58,11 +58,23 @@ impl Recovered {
     /// The initial state of a member of a brand-new cluster whose first voters are `voters`.
     #[must_use]
     pub fn bootstrap(voters: impl IntoIterator<Item = NodeId>) -> Recovered {
+        Recovered::bootstrap_with(voters, ReplicatedSettings::default())
+    }
+
+    /// As [`Recovered::bootstrap`], with the replicated settings the whole cluster applies with
+    /// (every first member must be given the same; see `ReplicatedSettings` for why they are
+    /// replicated rather than per-node `Config`).
+    #[must_use]
+    pub fn bootstrap_with(
+        voters: impl IntoIterator<Item = NodeId>,
+        settings: ReplicatedSettings,
+    ) -> Recovered {
+        let membership = Membership {
+            settings,
+            ..Membership::with_voters(voters)
+        };
         Recovered {
-            snapshot: Some(Snapshot::bootstrap(
-                Membership::with_voters(voters),
-                Vec::new(),
-            )),
+            snapshot: Some(Snapshot::bootstrap(membership, Vec::new())),
             ..Recovered::default()
         }
     }

@@ -58,13 +58,50 @@ pub enum Payload {
     Membership(Membership),
 }
 
-/// The cluster configuration: who votes and who only replicates.
+/// The cluster configuration: who votes and who only replicates, and the settings every replica
+/// must apply with.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Membership {
     /// Members that vote and count toward quorums.
     pub voters: BTreeSet<NodeId>,
     /// Members that receive the log but neither vote nor count (thesis §4.2.1).
     pub learners: BTreeSet<NodeId>,
+    /// Settings that decide what `apply` produces.
+    pub settings: ReplicatedSettings,
+}
+
+/// Settings that decide replicated state, so they travel with the configuration instead of
+/// being read from each node's `Config`.
+///
+/// Why: the de-duplication table is part of the replicated state (thesis §6.3): which client it
+/// evicts decides whether a retry is answered from the cache, refused (`SessionExpired`) or run,
+/// and the table is in every snapshot. Replicas applying the same log with different bounds would
+/// diverge, breaking state machine safety (Raft §5.4.3). So the bound is fixed when the cluster is
+/// bootstrapped (`Recovered::bootstrap_with`), carried in the bootstrap snapshot's membership and
+/// copied into every configuration entry (`change_membership` never changes it), and a replica
+/// applies each entry with the settings of the configuration in effect at its index.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicatedSettings {
+    /// Client sessions kept in the de-duplication table (thesis §6.3); the client idle longest is
+    /// evicted first. Size it well above the number of clients (see `DedupTable::apply`). A value
+    /// of 0 from a hostile peer is taken as 1.
+    pub dedup_clients_max: u64,
+}
+
+impl Default for ReplicatedSettings {
+    fn default() -> ReplicatedSettings {
+        ReplicatedSettings {
+            dedup_clients_max: 100_000,
+        }
+    }
+}
+
+impl ReplicatedSettings {
+    /// The de-duplication table's bound as a size (at least one session).
+    #[must_use]
+    pub fn dedup_bound(&self) -> usize {
+        usize::try_from(self.dedup_clients_max.max(1)).unwrap_or(usize::MAX)
+    }
 }
 
 impl Membership {
@@ -74,7 +111,16 @@ impl Membership {
         Membership {
             voters: voters.into_iter().collect(),
             learners: BTreeSet::new(),
+            settings: ReplicatedSettings::default(),
         }
+    }
+
+    /// Whether this is a real configuration: every configuration a cluster ever had has a voter
+    /// (the last one cannot be removed); only a node that never learned one (a joining node
+    /// before its first configuration entry or snapshot) holds the empty default.
+    #[must_use]
+    pub fn is_known(&self) -> bool {
+        !self.voters.is_empty()
     }
 
     /// Whether `id` votes.
