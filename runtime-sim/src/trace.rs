@@ -10,7 +10,8 @@
 //! ```
 //!
 //! Times are simulated seconds since the cluster started (the global clock, not a node's drifted
-//! one). Nothing here uses madsim.
+//! one). Nothing here uses madsim: both simulators write this one format (the fast simulator's
+//! *story* is the same trace with message lines off).
 
 #![allow(clippy::disallowed_types)] // a shared sink for every node task; see disk.rs for why a Mutex.
 
@@ -25,6 +26,8 @@ pub const TRACE_ENV: &str = "PALOMA_TRACE";
 struct TraceState {
     print: bool,
     record: bool,
+    /// Whether message lines are kept (off: the story only).
+    messages: bool,
     lines: Vec<String>,
 }
 
@@ -49,9 +52,32 @@ impl Trace {
             state: Arc::new(Mutex::new(TraceState {
                 print,
                 record,
+                messages: true,
                 lines: Vec::new(),
             })),
         }
+    }
+
+    /// A recorded trace (nothing printed) for the fast simulator: the story if `enabled`, message
+    /// lines too if `messages`.
+    #[must_use]
+    pub fn story(enabled: bool, messages: bool) -> Trace {
+        let trace = Trace::new(false, enabled);
+        trace.lock().messages = enabled && messages;
+        trace
+    }
+
+    /// Whether message lines are kept.
+    #[must_use]
+    pub fn messages(&self) -> bool {
+        let st = self.lock();
+        (st.print || st.record) && st.messages
+    }
+
+    /// The recorded lines.
+    #[must_use]
+    pub fn lines(&self) -> Vec<String> {
+        self.lock().lines.clone()
     }
 
     /// Whether lines go anywhere (callers skip formatting otherwise).
@@ -84,7 +110,7 @@ impl Trace {
 
     /// Records a message sent (`arrow` is `->`, or `=>` for a duplicate our fault layer added).
     pub fn message(&self, t_nanos: u64, env: &Envelope, arrow: &str) {
-        if self.enabled() {
+        if self.messages() {
             self.line(
                 t_nanos,
                 format_args!("{} {arrow} {} {} {}", env.from, env.to, env.term, env.body),

@@ -4,16 +4,19 @@
 
 use super::{Ev, Sim};
 use crate::history::{KvOp, OpId};
-use crate::kv::{decode_response, KvCommand};
+use crate::kv::decode_response;
+use crate::workload::{OpGen, Workload};
 use paloma_core::raft::check::Violation;
 use paloma_core::raft::io::{DropReason, Event, Proposal};
 use paloma_core::raft::ProposeError;
 use paloma_core::{ClientId, NodeId, ReadId};
+use std::time::Duration;
 
 #[derive(Debug)]
 pub(super) struct Client {
     pub id: ClientId,
-    pub seq: u64,
+    /// The shared operation generator (`crate::workload`): sequence numbers and values.
+    pub gen: OpGen,
     pub target: NodeId,
     pub pending: Option<(OpId, Attempt)>,
     pub generation: u64,
@@ -65,53 +68,40 @@ impl Sim {
     }
 
     fn new_op(&mut self, c: usize) {
-        let key = self.client_rng.below(u64::from(self.cfg.keys.max(1))) as u8;
-        let roll = self.client_rng.below(100);
-        let client = &mut self.clients[c];
-        let read = match client.kind {
-            ClientKind::Workload => roll < u64::from(self.cfg.read_pct),
-            ClientKind::ProbeReader => true,
-            ClientKind::ProbeWriter => false,
+        let read_percent = match self.clients[c].kind {
+            ClientKind::Workload => self.cfg.read_pct,
+            ClientKind::ProbeReader => 100,
+            ClientKind::ProbeWriter => 0,
         };
-        let (op, attempt) = if read {
-            self.next_read += 1;
-            (
-                KvOp::Get { key },
+        // The operation mix both simulators share (`crate::workload`); a third of the writes are
+        // compare-and-sets.
+        let workload = Workload {
+            clients: self.cfg.clients as u64,
+            keys: self.cfg.keys,
+            read_percent,
+            cas_percent: (100 - read_percent) / 3,
+            think: Duration::ZERO..Duration::ZERO,
+        };
+        let rng = &mut self.client_rng;
+        let client = &mut self.clients[c];
+        let op = client.gen.next(&workload, &mut |n| rng.below(n));
+        let attempt = match op.write {
+            None => {
+                self.next_read += 1;
+                let KvOp::Get { key } = op.op else {
+                    unreachable!("a read is a get")
+                };
                 Attempt::Read {
                     read: ReadId(self.next_read),
                     key,
-                },
-            )
-        } else {
-            client.seq += 1;
-            // Values are unique per client and sequence, so a read identifies the write it saw.
-            let value = client.id.0 * 1_000_000 + client.seq;
-            let (op, cmd) = if roll % 3 == 0 {
-                let expected = None;
-                (
-                    KvOp::Cas {
-                        key,
-                        expected,
-                        new: value,
-                    },
-                    KvCommand::Cas {
-                        key,
-                        expected,
-                        new: value,
-                    },
-                )
-            } else {
-                (KvOp::Put { key, value }, KvCommand::Put { key, value })
-            };
-            (
-                op,
-                Attempt::Write {
-                    seq: client.seq,
-                    cmd: cmd.encode(),
-                },
-            )
+                }
+            }
+            Some((seq, cmd)) => Attempt::Write {
+                seq,
+                cmd: cmd.encode(),
+            },
         };
-        let id = self.history.invoke(client.id.0, op, self.now);
+        let id = self.history.invoke(client.id.0, op.op, self.now);
         self.clients[c].pending = Some((id, attempt));
     }
 
@@ -218,6 +208,7 @@ impl Sim {
                 let result = decode_response(&response)
                     .ok_or_else(|| Violation("undecodable kv response".into()))?;
                 self.history.complete(op, result, self.now);
+                self.clients[c].gen.saw(result);
                 if self.healed_at.is_some() {
                     self.healed_ops.0 += 1;
                 }
@@ -240,6 +231,7 @@ impl Sim {
                     .state_machine()
                     .get(key);
                 self.history.complete(op, value, self.now);
+                self.clients[c].gen.saw(value);
                 if self.healed_at.is_some() {
                     self.healed_ops.1 += 1;
                 }

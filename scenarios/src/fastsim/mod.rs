@@ -13,26 +13,24 @@ mod disk;
 mod faults;
 mod nemesis;
 mod net;
-mod trace;
 
 pub use faults::{Fault, FaultPlan, Faults, LeaseAttack, Unsynced};
-pub use trace::Trace;
+pub use paloma_runtime_sim::Trace;
 
 use crate::history::History;
 use crate::kv::Kv;
+use crate::workload::OpGen;
 use clients::{Client, ClientKind};
 use paloma_core::raft::check::{SafetyChecker, Violation};
 use paloma_core::raft::io::{Input, Output, Role};
 use paloma_core::raft::storage::{MemStorage, PersistBatch, Recovered};
-use paloma_core::raft::{Config, Envelope, RaftNode};
+use paloma_core::raft::{Config, RaftNode};
 use paloma_core::rng::DetRng;
 use paloma_core::{ClientId, Instant, LogIndex, NodeId, ReadId};
+use paloma_runtime_sim::clock::{DriftClock, UNIX_MS_EPOCH};
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
 use std::time::Duration;
-
-/// Wall clock of the simulated world at time zero (2026-01-01), for entry stamps.
-const UNIX_MS_EPOCH: u64 = 1_767_225_600_000;
 
 /// Everything that defines a run.
 #[derive(Clone, Debug)]
@@ -213,9 +211,8 @@ struct SimNode {
     disk_busy_until: u64,
     incarnation: u64,
     timer_generation: u64,
-    drift_ppm: i64,
-    /// (global, local) nanoseconds at the last drift change: the clock is continuous across it.
-    clock_base: (u64, u64),
+    /// The node's clock (the same drift model as madsim's nodes).
+    clock: DriftClock,
 }
 
 /// A simulated cluster. Scenario code can drive it step by step (see the methods) or call
@@ -315,15 +312,16 @@ impl Sim {
                     disk_busy_until: 0,
                     incarnation: 0,
                     timer_generation: 0,
-                    drift_ppm,
-                    clock_base: (0, 0),
+                    clock: DriftClock::new(
+                        i32::try_from(drift_ppm).expect("drift within DRIFT_PPM_MAX"),
+                    ),
                 },
             );
         }
         let mut clients: Vec<Client> = (0..cfg.clients)
             .map(|c| Client {
                 id: ClientId(c as u64 + 1),
-                seq: 0,
+                gen: OpGen::new(c as u64 + 1),
                 target: voters[c % voters.len()],
                 pending: None,
                 generation: 0,
@@ -335,7 +333,7 @@ impl Sim {
             for kind in [ClientKind::ProbeReader, ClientKind::ProbeWriter] {
                 clients.push(Client {
                     id: ClientId(clients.len() as u64 + 1),
-                    seq: 0,
+                    gen: OpGen::new(clients.len() as u64 + 1),
                     target: voters[0],
                     pending: None,
                     generation: 0,
@@ -347,7 +345,7 @@ impl Sim {
             net_rng: DetRng::fork(cfg.seed, "net"),
             disk_rng: DetRng::fork(cfg.seed, "disk"),
             client_rng: DetRng::fork(cfg.seed, "clients"),
-            trace: Trace::new(cfg.trace, cfg.trace_messages),
+            trace: Trace::story(cfg.trace, cfg.trace_messages),
             report: Report {
                 seed: cfg.seed,
                 profile: cfg.faults.describe(&cfg.raft),
@@ -493,11 +491,6 @@ impl Sim {
                 if self.nodes[&to].raft.is_none() {
                     return Ok(());
                 }
-                if self.trace.messages() {
-                    if let Ok(env) = Envelope::decode(&frame, usize::MAX) {
-                        self.trace.message(self.now, "recv", &env);
-                    }
-                }
                 let round_ack = self.lease_armed.is_some() && self.is_armed_round_ack(to, &frame);
                 self.step_node(to, |node, now| node.handle_frame(now, &frame))?;
                 if round_ack {
@@ -552,21 +545,11 @@ impl Sim {
     }
 
     fn local_now(&self, id: NodeId) -> Instant {
-        let n = &self.nodes[&id];
-        let (base_g, base_l) = n.clock_base;
-        let elapsed = i128::from(self.now.saturating_sub(base_g));
-        let local = i128::from(base_l) + elapsed + elapsed * i128::from(n.drift_ppm) / 1_000_000;
-        Instant::from_nanos(u64::try_from(local.max(0)).unwrap_or(u64::MAX))
+        self.nodes[&id].clock.local_nanos(self.now)
     }
 
     fn to_global(&self, id: NodeId, local: Instant) -> u64 {
-        let n = &self.nodes[&id];
-        let (base_g, base_l) = n.clock_base;
-        let ppm = i128::from(n.drift_ppm);
-        let l = i128::from(local.as_nanos()) - i128::from(base_l);
-        // Smallest global time whose local time is at least `local`.
-        let g = i128::from(base_g) + (l * 1_000_000 + (1_000_000 + ppm) - 1) / (1_000_000 + ppm);
-        u64::try_from(g.max(0)).unwrap_or(u64::MAX)
+        self.nodes[&id].clock.global_nanos(local)
     }
 
     fn unix_ms(&self, id: NodeId) -> u64 {
@@ -703,13 +686,17 @@ impl Sim {
     }
 
     /// Sets a node's clock drift in parts per million (positive: its clock runs fast).
+    ///
+    /// # Panics
+    /// If `|ppm|` exceeds `paloma_runtime_sim::clock::DRIFT_PPM_MAX`.
     pub fn set_drift(&mut self, id: NodeId, ppm: i64) {
-        assert!(ppm > -1_000_000, "a clock must move forward");
-        let local = self.local_now(id).as_nanos();
+        let ppm = i32::try_from(ppm).expect("drift within DRIFT_PPM_MAX");
         let now = self.now;
-        let n = self.nodes.get_mut(&id).expect("node");
-        n.clock_base = (now, local);
-        n.drift_ppm = ppm;
+        self.nodes
+            .get_mut(&id)
+            .expect("node")
+            .clock
+            .set_drift(now, ppm);
         self.arm_timer(id);
     }
 

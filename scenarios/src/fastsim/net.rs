@@ -25,7 +25,7 @@ impl Sim {
 
     fn route(&mut self, env: Envelope) -> Result<(), Violation> {
         self.report.messages.0 += 1;
-        self.trace.message(self.now, "send", &env);
+        self.trace.message(self.now, &env, "->");
         // The boundary: what the message promises must already be on the sender's disk.
         self.checker
             .observe_send(&env, self.nodes[&env.from].disk.state())?;
