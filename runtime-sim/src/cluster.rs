@@ -245,6 +245,15 @@ impl<S: StateMachine + Send + 'static> Cluster<S> {
             .collect()
     }
 
+    /// The running node that leads in the highest term, if any.
+    #[must_use]
+    pub fn leader(&self) -> Option<NodeId> {
+        self.leaders()
+            .into_iter()
+            .max_by_key(|&(_, t)| t)
+            .map(|(id, _)| id)
+    }
+
     /// A node's disk.
     #[must_use]
     pub fn disk(&self, id: NodeId) -> &SimDisk {

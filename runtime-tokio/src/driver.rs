@@ -155,6 +155,19 @@ enum Request<S> {
     },
 }
 
+impl<S> Request<S> {
+    /// Answers the request with `err` without handing it to the core.
+    fn refuse(self, err: ClientError) {
+        // A caller that gave up has dropped its receiver: nothing to tell.
+        let _ = match self {
+            Request::Propose { reply, .. } => reply.send(Err(err)).map_err(drop),
+            Request::Read { reply, .. } => reply.send(Err(err)).map_err(drop),
+            Request::Membership { reply, .. } => reply.send(Err(err)).map_err(drop),
+            Request::Transfer { reply, .. } => reply.send(Err(err)).map_err(drop),
+        };
+    }
+}
+
 /// The application's handle on a running node: cheap to clone, every call bounded by a timeout.
 #[derive(Debug)]
 pub struct NodeHandle<S> {
@@ -517,20 +530,7 @@ where
 
     fn on_request(&mut self, now: Instant, req: Request<S>) {
         if self.pending() >= PENDING_MAX {
-            match req {
-                Request::Propose { reply, .. } => {
-                    let _ = reply.send(Err(ClientError::Busy));
-                }
-                Request::Read { reply, .. } => {
-                    let _ = reply.send(Err(ClientError::Busy));
-                }
-                Request::Membership { reply, .. } => {
-                    let _ = reply.send(Err(ClientError::Busy));
-                }
-                Request::Transfer { reply, .. } => {
-                    let _ = reply.send(Err(ClientError::Busy));
-                }
-            }
+            req.refuse(ClientError::Busy);
             return;
         }
         match req {

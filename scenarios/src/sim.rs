@@ -214,11 +214,7 @@ impl Run {
     /// The leader of the highest term among running nodes, if any.
     #[must_use]
     pub fn leader(&self) -> Option<NodeId> {
-        self.cluster
-            .leaders()
-            .into_iter()
-            .max_by_key(|&(_, t)| t)
-            .map(|(id, _)| id)
+        self.cluster.leader()
     }
 
     /// The slowest fsync the run's disks may take.
@@ -380,11 +376,7 @@ impl Run {
                 madsim::task::spawn(async move {
                     for _ in 0..60 {
                         madsim::time::sleep(et / 10).await;
-                        let now = cluster
-                            .leaders()
-                            .into_iter()
-                            .max_by_key(|&(_, t)| t)
-                            .map(|(id, _)| id);
+                        let now = cluster.leader();
                         if now.is_some() && now != before {
                             break;
                         }

@@ -72,9 +72,9 @@ impl<S: StateMachine> RaftNode<S> {
         }
     }
 
-    /// Follower: the consistency check and append of Raft §5.3 (Figure 2 receiver steps 2-5).
-    pub(crate) fn on_append(&mut self, from: NodeId, term: Term, req: AppendRequest) {
-        // `accept_leader` just made us follow the sender in this term (Raft §5.1, §5.2).
+    /// Head of every leader-to-follower handler: `accept_leader` just made us follow the sender in
+    /// this term (Raft §5.1, §5.2).
+    pub(crate) fn assert_following(&self, from: NodeId, term: Term) {
         assert!(
             from != self.id
                 && term == self.term
@@ -83,6 +83,11 @@ impl<S: StateMachine> RaftNode<S> {
             "{}: {from} in {term} is not our leader",
             self.id
         );
+    }
+
+    /// Follower: the consistency check and append of Raft §5.3 (Figure 2 receiver steps 2-5).
+    pub(crate) fn on_append(&mut self, from: NodeId, term: Term, req: AppendRequest) {
+        self.assert_following(from, term);
         if !self.valid_append(&req) {
             self.stats.messages_invalid += 1;
             return;
@@ -388,15 +393,7 @@ impl<S: StateMachine> RaftNode<S> {
     }
 
     pub(crate) fn on_heartbeat(&mut self, from: NodeId, term: Term, req: HeartbeatRequest) {
-        // `accept_leader` just made us follow the sender in this term (Raft §5.1, §5.2).
-        assert!(
-            from != self.id
-                && term == self.term
-                && self.role == Role::Follower
-                && self.leader == Some(from),
-            "{}: {from} in {term} is not our leader",
-            self.id
-        );
+        self.assert_following(from, term);
         let commit = req.commit.min(self.log.last_index());
         if commit > self.commit {
             self.commit = commit;

@@ -2,7 +2,7 @@
 //! resumes from the last acknowledged offset after a lost chunk.
 
 use crate::ids::{LogId, NodeId, Term};
-use crate::raft::io::{Event, Role};
+use crate::raft::io::Event;
 use crate::raft::message::{Body, SnapshotAck, SnapshotChunk};
 use crate::raft::node::RaftNode;
 use crate::raft::progress::ProgressState;
@@ -166,15 +166,7 @@ impl<S: StateMachine> RaftNode<S> {
 
     /// Follower: accumulates chunks; installs the snapshot when complete and intact.
     pub(crate) fn on_snapshot_chunk(&mut self, from: NodeId, term: Term, chunk: SnapshotChunk) {
-        // `accept_leader` just made us follow the sender in this term (Raft §5.1, §5.2).
-        assert!(
-            from != self.id
-                && term == self.term
-                && self.role == Role::Follower
-                && self.leader == Some(from),
-            "{}: {from} in {term} is not our leader",
-            self.id
-        );
+        self.assert_following(from, term);
         let last = chunk.meta.last;
         if last.index <= self.commit {
             // Already have everything it covers (etcd TestRestoreIgnoreSnapshot).

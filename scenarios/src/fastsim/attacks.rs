@@ -107,13 +107,7 @@ impl Sim {
             return Ok(());
         };
         let st = self.node(leader).expect("live").status();
-        let others: Vec<NodeId> = st
-            .membership
-            .voters
-            .iter()
-            .copied()
-            .filter(|v| *v != leader)
-            .collect();
+        let others = self.other_voters(leader);
         if others.is_empty() {
             return Ok(());
         }
@@ -365,12 +359,7 @@ impl Sim {
             }
             MembershipChange::AddLearner(_) => unreachable!("not an option"),
         }
-        let rest: Vec<NodeId> = self
-            .nodes
-            .keys()
-            .copied()
-            .filter(|id| !side.contains(id))
-            .collect();
+        let rest = self.all_but(|id| side.contains(id));
         self.trace.line(
             self.now,
             format_args!(

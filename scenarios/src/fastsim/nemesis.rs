@@ -140,19 +140,33 @@ impl Sim {
         Ok(())
     }
 
+    /// The voters of `leader`'s configuration other than itself.
+    pub(super) fn other_voters(&self, leader: NodeId) -> Vec<NodeId> {
+        let st = self.node(leader).expect("live").status();
+        st.membership
+            .voters
+            .iter()
+            .copied()
+            .filter(|v| *v != leader)
+            .collect()
+    }
+
+    /// Nodes outside `side` (the other group of a two-way partition).
+    pub(super) fn all_but(&self, in_side: impl Fn(&NodeId) -> bool) -> Vec<NodeId> {
+        self.nodes
+            .keys()
+            .copied()
+            .filter(|id| !in_side(id))
+            .collect()
+    }
+
     /// `Fault::Transfer`: the leader hands over to another voter (thesis §3.10).
     pub(super) fn transfer(&mut self, choice: u64) -> Result<(), Violation> {
         let Some(leader) = self.leader() else {
             return Ok(());
         };
-        let st = self.node(leader).expect("live").status();
-        let targets: Vec<NodeId> = st
-            .membership
-            .voters
-            .iter()
-            .copied()
-            .filter(|v| *v != leader)
-            .collect();
+        let term = self.node(leader).expect("live").term();
+        let targets = self.other_voters(leader);
         if targets.is_empty() {
             return Ok(());
         }
@@ -166,7 +180,7 @@ impl Sim {
             self.nemesis.push(Pending {
                 node: leader,
                 incarnation: self.nodes[&leader].incarnation,
-                action: Action::Transfer { to, term: st.term },
+                action: Action::Transfer { to, term },
             });
         }
         Ok(())

@@ -123,12 +123,7 @@ impl Sim {
             }
             side.insert(*v);
         }
-        let rest: Vec<NodeId> = self
-            .nodes
-            .keys()
-            .copied()
-            .filter(|id| !side.contains(id))
-            .collect();
+        let rest = self.all_but(|id| side.contains(id));
         self.inject_fault(super::Fault::Partition {
             groups: vec![side.into_iter().collect(), rest],
         })
