@@ -290,8 +290,11 @@ fn same_seed_same_trace() {
     };
     let a = once();
     let b = once();
+    // The run draws a swarm profile: a slow disk or heavy loss gives a shorter trace (seed 400001:
+    // 867 lines), so the floor asks for a run that elected a leader and moved messages, not for a
+    // fixed length.
     assert!(
-        a.lines().count() > 1000,
+        a.lines().count() > 300 && a.contains("becomes Leader") && a.contains(" -> "),
         "the trace is too short to mean anything: {} lines",
         a.lines().count()
     );
