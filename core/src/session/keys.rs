@@ -179,7 +179,7 @@ impl IdentityKeyPair {
         &self.dh
     }
 
-    fn sign(&self, message: &[u8]) -> [u8; 64] {
+    pub(crate) fn sign(&self, message: &[u8]) -> [u8; 64] {
         self.signing.sign(message).to_bytes()
     }
 }
@@ -228,6 +228,11 @@ impl SignedPrekeyPair {
     /// Its X25519 public key.
     pub fn public_key(&self) -> [u8; 32] {
         self.public
+    }
+
+    /// The identity key's signature over it (see `signed_prekey_message`).
+    pub fn signature(&self) -> [u8; 64] {
+        self.signature
     }
 
     /// The private key, for storage.

@@ -1,0 +1,14 @@
+//! The identity directory: the replicated state machine the Raft log drives (who exists, which
+//! keys they own, where they can be reached, whether they are online), and the vocabulary of
+//! signed commands that change it. Every replica applies the same entries to the same state
+//! (Raft §5.4.3); the only wall time it sees is the leader's stamp in each entry.
+
+pub mod command;
+mod state;
+
+pub use command::{
+    Bundle, CommandBody, CommandError, CommandKind, CommandResult, DirectoryEntry, OneTimePrekey,
+    Outcome, PresenceBatch, PresenceChange, SignedCommand, SignedPrekey, Username, UsernameError,
+    Visibility,
+};
+pub use state::{AuditRecord, Directory, Presence, UserRecord, UserView};
