@@ -56,6 +56,17 @@ id_newtype!(
     "p"
 );
 
+id_newtype!(
+    /// A client connection on one replica, chosen by the runtime (never reused while it lives).
+    ConnId,
+    "conn"
+);
+id_newtype!(
+    /// A request on one client connection, chosen by the client and echoed in the response.
+    RequestId,
+    "req"
+);
+
 impl Term {
     /// The next term.
     #[must_use]

@@ -97,5 +97,7 @@ pub mod rng;
 pub mod session;
 pub mod time;
 
-pub use ids::{ClientId, LogId, LogIndex, NodeId, PersistSeq, ReadId, Term, UserId};
+pub use ids::{
+    ClientId, ConnId, LogId, LogIndex, NodeId, PersistSeq, ReadId, RequestId, Term, UserId,
+};
 pub use time::Instant;

@@ -384,6 +384,43 @@ impl Bundle {
     }
 }
 
+/// Whether a user is online, as the directory last committed it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Presence {
+    /// Online since this leader-stamped time.
+    Online {
+        /// When the user came online.
+        since_unix_ms: u64,
+    },
+    /// Offline; last heard from at this time (`None`: never since registering).
+    Offline {
+        /// When the user was last heard from.
+        last_seen_unix_ms: Option<u64>,
+    },
+}
+
+/// What a lookup returns about a user: public keys and addresses, never the one-time prekeys
+/// (those leave only through a claim) nor the contact list.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserView {
+    /// The user id.
+    pub user: UserId,
+    /// The username.
+    pub username: Username,
+    /// The identity keys.
+    pub identity: IdentityPublic,
+    /// The current signed prekey.
+    pub signed_prekey: SignedPrekey,
+    /// Published addresses.
+    pub addresses: Vec<String>,
+    /// The leader-stamped registration time.
+    pub registered_unix_ms: u64,
+    /// The last command counter applied for the user (a client that lost its state resumes above).
+    pub counter: u64,
+    /// One-time prekeys left in the pool.
+    pub one_time_prekeys_left: u32,
+}
+
 /// What an applied command did.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Outcome {

@@ -8,7 +8,7 @@ mod state;
 
 pub use command::{
     Bundle, CommandBody, CommandError, CommandKind, CommandResult, DirectoryEntry, OneTimePrekey,
-    Outcome, PresenceBatch, PresenceChange, SignedCommand, SignedPrekey, Username, UsernameError,
-    Visibility,
+    Outcome, Presence, PresenceBatch, PresenceChange, SignedCommand, SignedPrekey, UserView,
+    Username, UsernameError, Visibility,
 };
-pub use state::{AuditRecord, Directory, Presence, UserRecord, UserView};
+pub use state::{AuditRecord, Directory, UserRecord};
