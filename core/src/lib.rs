@@ -93,6 +93,7 @@
 pub mod directory;
 pub mod ids;
 pub mod raft;
+pub mod replica;
 pub mod rng;
 pub mod session;
 pub mod time;
