@@ -37,6 +37,17 @@ impl Instant {
     }
 }
 
+/// What a composed machine is told the time is: the monotonic instant drives its timers; the
+/// wall clock is data (a leader stamps it into entries, a client into command expiries), never a
+/// timer (ARCHITECTURE.md, "Determinism").
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Now {
+    /// The monotonic instant.
+    pub instant: Instant,
+    /// Milliseconds since the Unix epoch on the runtime's wall clock.
+    pub unix_ms: u64,
+}
+
 impl Add<Duration> for Instant {
     type Output = Instant;
 

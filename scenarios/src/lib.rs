@@ -7,6 +7,7 @@
 //! `--cfg madsim` the madsim scenario toolkit ([`sim`]) whose nodes run the production driver
 //! through `paloma-runtime-sim`; the madsim scenarios themselves are `tests/madsim_*.rs`.
 
+pub mod dirsim;
 pub mod fastsim;
 pub mod history;
 pub mod kv;

@@ -207,6 +207,18 @@ impl<S: StateMachine> RaftNode<S> {
         self.commit
     }
 
+    /// The leader this node follows (itself when leading), if known.
+    #[must_use]
+    pub fn leader(&self) -> Option<NodeId> {
+        self.leader
+    }
+
+    /// The applied index.
+    #[must_use]
+    pub fn applied(&self) -> LogIndex {
+        self.applied
+    }
+
     /// The log, for checkers and tests.
     #[must_use]
     pub fn log(&self) -> &RaftLog {

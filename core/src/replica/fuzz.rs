@@ -1,0 +1,145 @@
+//! Fuzz entry points of the replica and the directory, shared by the cargo-fuzz targets in `fuzz/`
+//! and the corpus-replay tests (`core/tests/replica_fuzz_corpus.rs`).
+
+use super::protocol::{login, ClientFrame, ReplicaFrame};
+use super::{Replica, ReplicaConfig, ReplicaInput, ReplicaOutput};
+use crate::directory::Directory;
+use crate::ids::{ClientId, ConnId, LogIndex, NodeId, Term};
+use crate::raft::storage::Recovered;
+use crate::raft::{ApplyContext, Config, StateMachine};
+use crate::session::{Entropy, IdentityKeyPair};
+use crate::time::{Instant, Now};
+use std::time::Duration;
+
+struct Fixed(u8);
+impl Entropy for Fixed {
+    fn fill(&mut self, buf: &mut [u8]) {
+        for b in buf {
+            self.0 = self.0.wrapping_mul(31).wrapping_add(7);
+            *b = self.0;
+        }
+    }
+}
+
+/// Feeds arbitrary client frames to a one-replica cluster that leads, on one connection; when
+/// the first byte is odd the connection first logs in properly, so frames reach the request paths
+/// (commands, lookups, subscriptions). The rest of the input is cut into frames by one length byte
+/// each; every third frame also arrives as a peer frame from a replica that is not a member.
+/// Invariants are checked after every step; nothing may panic.
+pub fn replica_client_frames(data: &[u8]) {
+    let cfg = ReplicaConfig {
+        raft: Config {
+            id: NodeId(1),
+            ..Config::default()
+        },
+        ..ReplicaConfig::default()
+    };
+    let mut now = Now {
+        instant: Instant::ZERO,
+        unix_ms: 1_700_000_000_000,
+    };
+    let mut replica =
+        Replica::new(cfg, Recovered::bootstrap([NodeId(1)]), 7, now).expect("valid bootstrap");
+    // Elect: one node wins its own election after its timeout.
+    for _ in 0..8 {
+        tick(&mut now, Duration::from_millis(500));
+        replica.handle(now, ReplicaInput::Timeout);
+        drain(&mut replica, now);
+    }
+    let conn = ConnId(1);
+    replica.handle(now, ReplicaInput::Connected(conn));
+    let challenge = drain(&mut replica, now);
+    let login_first = data.first().is_some_and(|b| b & 1 == 1);
+    if login_first {
+        if let Some(ReplicaFrame::Challenge { nonce, replica: id }) = challenge {
+            let identity = IdentityKeyPair::generate(&mut Fixed(3));
+            let frame = login(&identity, &nonce, id).encode();
+            replica.handle(now, ReplicaInput::Client { conn, frame });
+            drain(&mut replica, now);
+        }
+    }
+    let mut rest = data.get(1..).unwrap_or_default();
+    let mut n = 0u32;
+    while let Some((&len, tail)) = rest.split_first() {
+        let len = usize::from(len).min(tail.len());
+        let frame = tail[..len].to_vec();
+        rest = &tail[len..];
+        n += 1;
+        tick(&mut now, Duration::from_millis(3));
+        if n % 3 == 0 {
+            replica.handle(
+                now,
+                ReplicaInput::Peer {
+                    from: NodeId(9),
+                    frame: frame.clone(),
+                },
+            );
+            drain(&mut replica, now);
+        }
+        replica.handle(now, ReplicaInput::Client { conn, frame });
+        drain(&mut replica, now);
+        replica.check_invariants();
+    }
+    // A whole-input frame too (covers frames longer than 255 bytes).
+    replica.handle(
+        now,
+        ReplicaInput::Client {
+            conn,
+            frame: ClientFrame::decode(data).map_or_else(|_| data.to_vec(), |f| f.encode()),
+        },
+    );
+    drain(&mut replica, now);
+    replica.handle(now, ReplicaInput::Disconnected(conn));
+    drain(&mut replica, now);
+    replica.check_invariants();
+}
+
+/// Applies arbitrary bytes as directory entries (malformed ones must be refused and counted in the
+/// audit trail, never panic), with snapshot round trips in between.
+pub fn directory_entries(data: &[u8]) {
+    let mut dir = Directory::new();
+    let mut rest = data;
+    let mut index = 0u64;
+    while let Some((&len, tail)) = rest.split_first() {
+        let len = (usize::from(len) * 4).min(tail.len());
+        index += 1;
+        let ctx = ApplyContext {
+            index: LogIndex(index),
+            term: Term(1),
+            unix_ms: 1_700_000_000_000 + index,
+            client: ClientId(1),
+        };
+        dir.apply(&ctx, &tail[..len]);
+        dir.check_invariants();
+        rest = &tail[len..];
+    }
+    let snapshot = dir.snapshot();
+    let mut other = Directory::new();
+    other.restore(&snapshot).expect("a snapshot restores");
+    assert_eq!(other.digest(), dir.digest(), "restore(snapshot(x)) == x");
+    let mut scratch = Directory::new();
+    let _ = scratch.restore(data);
+    scratch.check_invariants();
+}
+
+fn tick(now: &mut Now, by: Duration) {
+    now.instant = now.instant + by;
+    now.unix_ms += u64::try_from(by.as_millis()).unwrap_or(0);
+}
+
+/// Drains outputs, acknowledging persists at once; returns the last client frame sent.
+fn drain(replica: &mut Replica, now: Now) -> Option<ReplicaFrame> {
+    let mut last = None;
+    while let Some(out) = replica.poll_output() {
+        match out {
+            ReplicaOutput::Persist(batch) => {
+                replica.handle(now, ReplicaInput::Persisted(batch.seq));
+            }
+            ReplicaOutput::Client { frame, .. } => {
+                last = Some(ReplicaFrame::decode(&frame).expect("a replica's frames decode"));
+            }
+            _ => {}
+        }
+    }
+    last
+}

@@ -1,0 +1,394 @@
+//! Presence (DESIGN §4): heartbeats are soft state, only transitions are replicated.
+//!
+//! - Every replica holds a *lease* per user logged in on one of its connections, renewed by each
+//!   heartbeat; it ends when the last connection closes or `lease` passes without a heartbeat.
+//! - Every `report_interval` each replica tells the leader what changed (`PeerFrame::Presence`),
+//!   and every `full_report_interval` (or when asked) everything, so a lost delta heals.
+//! - The leader unions the replicas' views and, at most every `flush_interval` and one batch at a
+//!   time, commits the differences from the directory as one `PresenceBatch` entry.
+//! - A replica whose reports stop for `view_stale` is taken as gone: its users go offline.
+//! - A new leader waits `leader_grace` (one full report interval plus slack) before it commits any
+//!   *offline* transition, so a leader change does not flip everyone offline.
+//!
+//! The bound on showing a user offline after their last heartbeat, in the worst case with one
+//! leader change in between, is `lease + report_interval + leader_grace + flush_interval` plus
+//! one commit round trip; with the defaults 30 + 1 + 12 + 1 = 44 s (about 32 s without a leader
+//! change). [`PresenceConfig::offline_bound`] computes it and the scenarios check it.
+
+use crate::directory::{Directory, PresenceBatch, PresenceChange, PRESENCE_BATCH_MAX};
+use crate::ids::{NodeId, UserId};
+use crate::time::{Instant, Now};
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+/// Presence timing. Defaults suit clients heartbeating every 10 s.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PresenceConfig {
+    /// A lease lasts this long after the last heartbeat (3 heartbeats of 10 s: one lost heartbeat
+    /// never flips a user offline).
+    pub lease: Duration,
+    /// How often a replica reports changes to the leader.
+    pub report_interval: Duration,
+    /// How often a replica sends its whole view (heals lost deltas).
+    pub full_report_interval: Duration,
+    /// How often the leader commits a batch of transitions (at most).
+    pub flush_interval: Duration,
+    /// A replica silent this long is taken as gone (its users go offline).
+    pub view_stale: Duration,
+    /// A new leader commits no offline transition for this long.
+    pub leader_grace: Duration,
+    /// Leases a replica holds (one per logged-in user); a login beyond is refused presence (the
+    /// user is served but shown offline) and counted.
+    pub leases_max: usize,
+}
+
+impl Default for PresenceConfig {
+    fn default() -> PresenceConfig {
+        PresenceConfig {
+            lease: Duration::from_secs(30),
+            report_interval: Duration::from_secs(1),
+            full_report_interval: Duration::from_secs(10),
+            flush_interval: Duration::from_secs(1),
+            view_stale: Duration::from_secs(5),
+            leader_grace: Duration::from_secs(12),
+            leases_max: 1_000_000,
+        }
+    }
+}
+
+impl PresenceConfig {
+    /// The documented worst-case delay between a user's last heartbeat and the directory showing
+    /// them offline, with one leader change in between (excluding the commit round trip).
+    #[must_use]
+    pub fn offline_bound(&self) -> Duration {
+        self.lease + self.report_interval + self.leader_grace + self.flush_interval
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Lease {
+    conns: u32,
+    expires: Instant,
+    last_heard_unix_ms: u64,
+}
+
+/// This replica's leases and the changes not yet reported.
+#[derive(Debug, Default)]
+pub(crate) struct Leases {
+    leases: BTreeMap<UserId, Lease>,
+    by_expiry: BTreeSet<(Instant, UserId)>,
+    came_online: BTreeSet<UserId>,
+    went_offline: BTreeMap<UserId, u64>,
+    pub(crate) refused: u64,
+}
+
+impl Leases {
+    /// A connection of `user` logged in.
+    pub(crate) fn login(&mut self, cfg: &PresenceConfig, user: UserId, now: Now) {
+        if let Some(lease) = self.leases.get_mut(&user) {
+            lease.conns += 1;
+        } else if self.leases.len() >= cfg.leases_max {
+            self.refused += 1;
+            return;
+        } else {
+            self.leases.insert(
+                user,
+                Lease {
+                    conns: 1,
+                    expires: now.instant,
+                    last_heard_unix_ms: now.unix_ms,
+                },
+            );
+            self.by_expiry.insert((now.instant, user));
+            self.went_offline.remove(&user);
+            self.came_online.insert(user);
+        }
+        self.heartbeat(cfg, user, now);
+    }
+
+    /// A heartbeat (or any sign of life) from `user`. A heartbeat after the lease expired (the
+    /// connection survived a long stall) starts a new one.
+    pub(crate) fn heartbeat(&mut self, cfg: &PresenceConfig, user: UserId, now: Now) {
+        let Some(lease) = self.leases.get_mut(&user) else {
+            return;
+        };
+        self.by_expiry.remove(&(lease.expires, user));
+        lease.expires = now.instant + cfg.lease;
+        lease.last_heard_unix_ms = now.unix_ms;
+        self.by_expiry.insert((lease.expires, user));
+    }
+
+    /// A connection of `user` closed.
+    pub(crate) fn logout(&mut self, user: UserId) {
+        let Some(lease) = self.leases.get_mut(&user) else {
+            return;
+        };
+        lease.conns -= 1;
+        if lease.conns == 0 {
+            let lease = self.leases.remove(&user).expect("present");
+            self.by_expiry.remove(&(lease.expires, user));
+            self.end(user, lease.last_heard_unix_ms);
+        }
+    }
+
+    fn end(&mut self, user: UserId, last_heard_unix_ms: u64) {
+        if !self.came_online.remove(&user) {
+            self.went_offline.insert(user, last_heard_unix_ms);
+        }
+    }
+
+    /// Ends the leases whose time is up. A user whose connection is still open but silent is
+    /// offline until its next heartbeat.
+    pub(crate) fn expire(&mut self, now: Instant) {
+        while let Some(&(at, user)) = self.by_expiry.first() {
+            if at > now {
+                break;
+            }
+            self.by_expiry.pop_first();
+            let lease = self.leases.remove(&user).expect("indexed lease exists");
+            self.end(user, lease.last_heard_unix_ms);
+        }
+    }
+
+    /// When the next lease ends.
+    pub(crate) fn next_expiry(&self) -> Option<Instant> {
+        self.by_expiry.first().map(|&(at, _)| at)
+    }
+
+    /// Whether `user` has a live lease here.
+    pub(crate) fn is_live(&self, user: &UserId) -> bool {
+        self.leases.contains_key(user)
+    }
+
+    /// Takes the changes since the last report.
+    pub(crate) fn take_delta(&mut self) -> (Vec<UserId>, Vec<(UserId, u64)>) {
+        let online = std::mem::take(&mut self.came_online).into_iter().collect();
+        let offline = std::mem::take(&mut self.went_offline).into_iter().collect();
+        (online, offline)
+    }
+
+    /// Everyone with a live lease (a full report), clearing the delta it supersedes.
+    pub(crate) fn full(&mut self) -> Vec<UserId> {
+        self.came_online.clear();
+        self.leases.keys().copied().collect()
+    }
+
+    /// Live leases.
+    pub(crate) fn len(&self) -> usize {
+        self.leases.len()
+    }
+
+    pub(crate) fn check_invariants(&self) {
+        assert_eq!(self.leases.len(), self.by_expiry.len(), "every lease is indexed once");
+        for (at, user) in &self.by_expiry {
+            let lease = self.leases.get(user).expect("indexed lease exists");
+            assert_eq!(lease.expires, *at, "index matches the lease");
+            assert!(lease.conns > 0, "a lease has a connection");
+        }
+        for user in &self.came_online {
+            assert!(!self.went_offline.contains_key(user), "a user is not both in one delta");
+        }
+    }
+}
+
+#[derive(Debug)]
+struct View {
+    online: BTreeSet<UserId>,
+    number: u64,
+    last_report: Instant,
+}
+
+/// The leader's union of the replicas' views (exists only while leading).
+#[derive(Debug)]
+pub(crate) struct LeaderPresence {
+    views: BTreeMap<NodeId, View>,
+    last_seen: BTreeMap<UserId, u64>,
+    since: Instant,
+    next_flush: Instant,
+    /// The presence batch proposed and not yet applied or dropped.
+    pub(crate) in_flight: Option<u64>,
+}
+
+impl LeaderPresence {
+    pub(crate) fn new(now: Instant) -> LeaderPresence {
+        LeaderPresence {
+            views: BTreeMap::new(),
+            last_seen: BTreeMap::new(),
+            since: now,
+            next_flush: now,
+            in_flight: None,
+        }
+    }
+
+    /// Takes a report from `from` (itself included). Reports are numbered per replica; an older
+    /// or repeated number is ignored (the network may duplicate and reorder).
+    pub(crate) fn report(
+        &mut self,
+        from: NodeId,
+        full: bool,
+        number: u64,
+        online: Vec<UserId>,
+        offline: Vec<(UserId, u64)>,
+        now: Instant,
+    ) -> bool {
+        let view = self.views.entry(from).or_insert_with(|| View {
+            online: BTreeSet::new(),
+            number: 0,
+            last_report: now,
+        });
+        if number <= view.number && view.number != 0 {
+            return false;
+        }
+        // A delta is usable only if it follows the report taken last; otherwise ask for a full one.
+        let follows = full || number == view.number + 1;
+        view.number = number;
+        view.last_report = now;
+        if full {
+            view.online.clear();
+        }
+        view.online.extend(online);
+        for (user, at) in offline {
+            view.online.remove(&user);
+            let seen = self.last_seen.entry(user).or_insert(at);
+            *seen = (*seen).max(at);
+        }
+        follows
+    }
+
+    /// When the next batch may be proposed.
+    pub(crate) fn next_flush(&self) -> Instant {
+        self.next_flush
+    }
+
+    /// The transitions to commit now, if it is time and none is in flight: users online in some
+    /// fresh view but offline in the directory, and (after the grace period) users online in the
+    /// directory but in no fresh view.
+    pub(crate) fn batch(
+        &mut self,
+        cfg: &PresenceConfig,
+        directory: &Directory,
+        now: Now,
+    ) -> Option<PresenceBatch> {
+        if self.in_flight.is_some() || now.instant < self.next_flush {
+            return None;
+        }
+        self.next_flush = now.instant + cfg.flush_interval;
+        let stale = cfg.view_stale;
+        let mut gone_at = BTreeMap::new();
+        self.views.retain(|_, view| {
+            let fresh = now.instant.saturating_duration_since(view.last_report) < stale;
+            if !fresh {
+                for user in &view.online {
+                    gone_at.insert(*user, now.unix_ms);
+                }
+            }
+            fresh
+        });
+        let mut changes = Vec::new();
+        let mut online = BTreeSet::new();
+        for view in self.views.values() {
+            online.extend(view.online.iter().copied());
+        }
+        for user in &online {
+            if changes.len() >= PRESENCE_BATCH_MAX {
+                break;
+            }
+            if directory.user(user).is_some() && !directory.is_online(user) {
+                changes.push((*user, PresenceChange::Online));
+            }
+        }
+        if now.instant.saturating_duration_since(self.since) >= cfg.leader_grace {
+            for user in directory.online_users() {
+                if changes.len() >= PRESENCE_BATCH_MAX {
+                    break;
+                }
+                if !online.contains(&user) {
+                    let last_seen_unix_ms = self
+                        .last_seen
+                        .get(&user)
+                        .or(gone_at.get(&user))
+                        .copied()
+                        .unwrap_or(now.unix_ms);
+                    changes.push((user, PresenceChange::Offline { last_seen_unix_ms }));
+                }
+            }
+        }
+        // last-seen times are only needed until the transition is committed.
+        for (user, change) in &changes {
+            if matches!(change, PresenceChange::Online) {
+                self.last_seen.remove(user);
+            }
+        }
+        if self.last_seen.len() > cfg.leases_max {
+            self.last_seen.clear();
+        }
+        (!changes.is_empty()).then_some(PresenceBatch { changes })
+    }
+
+    /// Users in the leader's union (for tests and status).
+    pub(crate) fn online_count(&self) -> usize {
+        let mut online = BTreeSet::new();
+        for view in self.views.values() {
+            online.extend(view.online.iter().copied());
+        }
+        online.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(ms: u64) -> Now {
+        Now {
+            instant: Instant::from_millis(ms),
+            unix_ms: 1_000_000 + ms,
+        }
+    }
+
+    #[test]
+    fn a_lease_ends_on_last_logout_or_silence() {
+        let cfg = PresenceConfig::default();
+        let mut leases = Leases::default();
+        let (a, b) = (UserId([1; 32]), UserId([2; 32]));
+        leases.login(&cfg, a, at(0));
+        leases.login(&cfg, a, at(10));
+        leases.login(&cfg, b, at(0));
+        assert_eq!(leases.take_delta(), (vec![a, b], vec![]));
+        leases.logout(a);
+        assert!(leases.is_live(&a), "one connection of a is left");
+        leases.logout(a);
+        assert!(!leases.is_live(&a));
+        assert_eq!(leases.take_delta(), (vec![], vec![(a, 1_000_010)]));
+        leases.heartbeat(&cfg, b, at(20_000));
+        leases.expire(Instant::from_millis(49_999));
+        assert!(leases.is_live(&b), "renewed at 20 s, lasts until 50 s");
+        leases.expire(Instant::from_millis(50_000));
+        assert!(!leases.is_live(&b));
+        assert_eq!(leases.take_delta(), (vec![], vec![(b, 1_020_000)]));
+        leases.check_invariants();
+    }
+
+    #[test]
+    fn an_online_then_offline_within_one_report_reports_nothing() {
+        let cfg = PresenceConfig::default();
+        let mut leases = Leases::default();
+        let a = UserId([1; 32]);
+        leases.login(&cfg, a, at(0));
+        leases.logout(a);
+        assert_eq!(leases.take_delta(), (vec![], vec![]));
+    }
+
+    #[test]
+    fn reports_are_ordered_and_gaps_ask_for_a_full_one() {
+        let mut leader = LeaderPresence::new(Instant::ZERO);
+        let a = UserId([1; 32]);
+        let now = Instant::ZERO;
+        assert!(leader.report(NodeId(2), true, 1, vec![a], vec![], now));
+        assert!(!leader.report(NodeId(2), false, 1, vec![], vec![(a, 5)], now), "a repeat is ignored");
+        assert_eq!(leader.online_count(), 1);
+        assert!(!leader.report(NodeId(2), false, 3, vec![], vec![], now), "2 was lost");
+        assert!(leader.report(NodeId(2), false, 4, vec![], vec![(a, 9)], now));
+        assert_eq!(leader.online_count(), 0);
+    }
+}
