@@ -11,4 +11,7 @@ pub use command::{
     Outcome, PresenceBatch, PresenceChange, SignedCommand, SignedPrekey, Username, UsernameError,
     Visibility,
 };
-pub use state::{AuditRecord, Directory, Presence, UserRecord, UserView};
+pub use state::{
+    AuditRecord, Directory, Presence, UserRecord, UserView, AUDIT_RECORDS_MAX, SNAPSHOT_VERSION,
+    TOMBSTONES_MAX, USERS_MAX,
+};
