@@ -31,9 +31,11 @@ pub const CONTACTS_MAX: usize = 256;
 /// per-user counter for as long as the directory remembers the key, and expiry beyond that (a
 /// deregistered key's counter is kept exactly this long, so an old command can never apply again).
 pub const COMMAND_VALIDITY_MAX_MS: u64 = 10 * 60 * 1000;
-/// The largest encoded [`DirectoryEntry`] a replica proposes (a full prekey pool fits: 100 × 36
-/// bytes plus the rest is under 4 KiB).
-pub const ENTRY_BYTES_MAX: usize = 8 * 1024;
+/// The largest encoded [`DirectoryEntry`] a replica proposes. Every entry within the other limits
+/// fits (the test `full_entries_fit_in_one_proposal` builds the worst cases): a full contact list
+/// is the largest signed command (256 × 32 bytes plus ~130, about 8.2 KiB), a full presence batch
+/// about 11 KiB, a full prekey pool about 4.5 KiB. Well within Raft's default `command_bytes_max`.
+pub const ENTRY_BYTES_MAX: usize = 16 * 1024;
 
 /// A case-folded username: 3 to 32 bytes of `a-z 0-9 _ . -`.
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -242,7 +244,7 @@ pub struct SignedCommand {
     pub expires_unix_ms: u64,
     /// What to do.
     pub body: CommandBody,
-    /// Ed25519 over [`SignedCommand::signed_bytes`].
+    /// Ed25519 over `COMMAND_SIGNATURE_DOMAIN ‖ postcard(version, signer, counter, expiry, body)`.
     #[serde(with = "sig_bytes")]
     pub signature: [u8; 64],
 }
@@ -291,10 +293,21 @@ impl SignedCommand {
 }
 
 /// The bytes a command signature covers: domain ‖ postcard(version, signer, counter, expiry, body).
-fn signed_bytes(signer: &[u8; 32], counter: u64, expires_unix_ms: u64, body: &CommandBody) -> Vec<u8> {
+fn signed_bytes(
+    signer: &[u8; 32],
+    counter: u64,
+    expires_unix_ms: u64,
+    body: &CommandBody,
+) -> Vec<u8> {
     let mut out = COMMAND_SIGNATURE_DOMAIN.to_vec();
-    let encoded = postcard::to_allocvec(&(DIRECTORY_FORMAT_VERSION, signer, counter, expires_unix_ms, body))
-        .expect("encoding to a Vec cannot fail");
+    let encoded = postcard::to_allocvec(&(
+        DIRECTORY_FORMAT_VERSION,
+        signer,
+        counter,
+        expires_unix_ms,
+        body,
+    ))
+    .expect("encoding to a Vec cannot fail");
     out.extend_from_slice(&encoded);
     out
 }
@@ -319,10 +332,22 @@ pub enum PresenceChange {
     },
 }
 
-/// The most transitions one presence entry carries.
-pub const PRESENCE_BATCH_MAX: usize = 4096;
+/// The most transitions one presence entry carries. A transition encodes in at most 43 bytes
+/// (user id 32, tag 1, varint `u64` 10), so a full batch stays within [`ENTRY_BYTES_MAX`]; a
+/// leader with more transitions proposes several entries.
+pub const PRESENCE_BATCH_MAX: usize = 256;
+
+/// Worst-case bytes of one encoded presence transition: user id, variant tag, varint `u64`.
+const PRESENCE_CHANGE_BYTES_MAX: usize = 32 + 1 + 10;
+// A full batch (version, entry tag, varint length of at most 5 bytes, the changes) must fit in one
+// proposal.
+const _: () =
+    assert!(1 + 1 + 5 + PRESENCE_BATCH_MAX * PRESENCE_CHANGE_BYTES_MAX <= ENTRY_BYTES_MAX);
 
 /// What a Raft command entry of the directory holds.
+// An entry is decoded, applied and dropped one at a time, never stored in bulk: boxing the large
+// variant would only add an allocation per entry.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum DirectoryEntry {
     /// A user's signed command, forwarded by a replica.
@@ -382,43 +407,6 @@ impl Bundle {
             one_time_prekey: self.one_time_prekey.map(|k| (k.id, k.key)),
         }
     }
-}
-
-/// Whether a user is online, as the directory last committed it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Presence {
-    /// Online since this leader-stamped time.
-    Online {
-        /// When the user came online.
-        since_unix_ms: u64,
-    },
-    /// Offline; last heard from at this time (`None`: never since registering).
-    Offline {
-        /// When the user was last heard from.
-        last_seen_unix_ms: Option<u64>,
-    },
-}
-
-/// What a lookup returns about a user: public keys and addresses, never the one-time prekeys
-/// (those leave only through a claim) nor the contact list.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct UserView {
-    /// The user id.
-    pub user: UserId,
-    /// The username.
-    pub username: Username,
-    /// The identity keys.
-    pub identity: IdentityPublic,
-    /// The current signed prekey.
-    pub signed_prekey: SignedPrekey,
-    /// Published addresses.
-    pub addresses: Vec<String>,
-    /// The leader-stamped registration time.
-    pub registered_unix_ms: u64,
-    /// The last command counter applied for the user (a client that lost its state resumes above).
-    pub counter: u64,
-    /// One-time prekeys left in the pool.
-    pub one_time_prekeys_left: u32,
 }
 
 /// What an applied command did.
@@ -514,6 +502,13 @@ pub enum CommandError {
     /// The directory holds as many users (or deregistration tombstones) as it may.
     #[error("the directory is full")]
     DirectoryFull,
+    /// A presence entry carries more than [`PRESENCE_BATCH_MAX`] transitions. (Appended last: the
+    /// variant index is part of the encoding.)
+    #[error("{changes} presence transitions in one entry; at most {PRESENCE_BATCH_MAX}")]
+    PresenceBatchTooLarge {
+        /// Transitions in the entry.
+        changes: usize,
+    },
 }
 
 /// What the directory answers for one entry: its response bytes carry this.
@@ -527,11 +522,17 @@ pub fn encode_result(result: &CommandResult) -> Vec<u8> {
     out
 }
 
-/// Decodes [`encode_result`].
+/// Decodes [`encode_result`]; trailing bytes are refused, as in [`DirectoryEntry::decode`].
 pub fn decode_result(bytes: &[u8]) -> Result<CommandResult, CommandError> {
     match bytes.split_first() {
         Some((&DIRECTORY_FORMAT_VERSION, rest)) => {
-            postcard::from_bytes(rest).map_err(|_| CommandError::Malformed)
+            let (result, tail) =
+                postcard::take_from_bytes(rest).map_err(|_| CommandError::Malformed)?;
+            if tail.is_empty() {
+                Ok(result)
+            } else {
+                Err(CommandError::Malformed)
+            }
         }
         Some((&v, _)) => Err(CommandError::Version(v)),
         None => Err(CommandError::Malformed),
@@ -575,7 +576,10 @@ mod tests {
     #[test]
     fn usernames_fold_and_refuse_clearly() {
         assert_eq!(Username::parse("Alice_01").unwrap().as_str(), "alice_01");
-        assert_eq!(Username::parse("ab"), Err(UsernameError::TooShort { len: 2 }));
+        assert_eq!(
+            Username::parse("ab"),
+            Err(UsernameError::TooShort { len: 2 })
+        );
         assert_eq!(
             Username::parse(&"a".repeat(33)),
             Err(UsernameError::TooLong { len: 33 })
@@ -615,6 +619,50 @@ mod tests {
     }
 
     #[test]
+    fn full_entries_fit_in_one_proposal() {
+        let id = IdentityKeyPair::generate(&mut Counter(5));
+        let signed_prekey = SignedPrekey {
+            id: PrekeyId(u32::MAX),
+            key: [0xff; 32],
+            signature: [0xff; 64],
+        };
+        let register = CommandBody::Register {
+            username: "a".repeat(USERNAME_BYTES_MAX),
+            identity_dh: [0xff; 32],
+            signed_prekey,
+            one_time_prekeys: (0..ONE_TIME_PREKEYS_MAX)
+                .map(|i| OneTimePrekey {
+                    id: PrekeyId(u32::MAX - i as u32),
+                    key: [0xff; 32],
+                })
+                .collect(),
+            addresses: vec!["x".repeat(ADDRESS_BYTES_MAX); ADDRESSES_MAX],
+        };
+        let contacts = CommandBody::SetVisibility {
+            visibility: Visibility::Contacts,
+            contacts: (0..CONTACTS_MAX).map(|i| UserId([i as u8; 32])).collect(),
+        };
+        for body in [register, contacts] {
+            let cmd = SignedCommand::sign(&id, u64::MAX, u64::MAX, body);
+            let len = DirectoryEntry::Signed(cmd).encode().len();
+            assert!(len <= ENTRY_BYTES_MAX, "{len} bytes");
+        }
+        let presence = DirectoryEntry::Presence(PresenceBatch {
+            changes: vec![
+                (
+                    UserId([0xff; 32]),
+                    PresenceChange::Offline {
+                        last_seen_unix_ms: u64::MAX
+                    }
+                );
+                PRESENCE_BATCH_MAX
+            ],
+        });
+        let len = presence.encode().len();
+        assert!(len <= ENTRY_BYTES_MAX, "{len} bytes");
+    }
+
+    #[test]
     fn entries_and_results_round_trip_with_a_version() {
         let id = IdentityKeyPair::generate(&mut Counter(3));
         let entry = DirectoryEntry::Signed(SignedCommand::sign(
@@ -630,7 +678,10 @@ mod tests {
         assert_eq!(DirectoryEntry::decode(&bytes), Ok(entry));
         let mut wrong = bytes.clone();
         wrong[0] = 9;
-        assert_eq!(DirectoryEntry::decode(&wrong), Err(CommandError::Version(9)));
+        assert_eq!(
+            DirectoryEntry::decode(&wrong),
+            Err(CommandError::Version(9))
+        );
         let mut long = bytes;
         long.push(0);
         assert_eq!(DirectoryEntry::decode(&long), Err(CommandError::Malformed));

@@ -8,7 +8,10 @@ mod state;
 
 pub use command::{
     Bundle, CommandBody, CommandError, CommandKind, CommandResult, DirectoryEntry, OneTimePrekey,
-    Outcome, Presence, PresenceBatch, PresenceChange, SignedCommand, SignedPrekey, UserView,
-    Username, UsernameError, Visibility,
+    Outcome, PresenceBatch, PresenceChange, SignedCommand, SignedPrekey, Username, UsernameError,
+    Visibility,
 };
-pub use state::{AuditRecord, Directory, UserRecord};
+pub use state::{
+    AuditRecord, Directory, Presence, UserRecord, UserView, AUDIT_RECORDS_MAX, SNAPSHOT_VERSION,
+    TOMBSTONES_MAX, USERS_MAX,
+};

@@ -63,6 +63,10 @@ pub enum SnapshotDecodeError {
     /// Two sessions claim the same last applied index.
     #[error("two client sessions last applied at {0:?}")]
     DuplicateIndex(LogIndex),
+    /// The application's part decodes but describes a state that cannot exist (two users
+    /// holding one name, a record filed under another user's id, more entries than a bound).
+    #[error("snapshot is inconsistent: {0}")]
+    Inconsistent(&'static str),
 }
 
 /// Version tag of the snapshot envelope (ARCHITECTURE.md, "Versioned formats").

@@ -1,0 +1,273 @@
+//! The handlers of each entry kind. Each checks everything before it changes anything, so a
+//! refused command leaves user state as it was (the tests compare digests to prove it).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::{addresses_ok, Directory, Presence, Tombstone, UserRecord};
+use crate::directory::command::{
+    Bundle, CommandBody, CommandError, CommandResult, OneTimePrekey, Outcome, PresenceBatch,
+    PresenceChange, SignedCommand, SignedPrekey, Username, Visibility, COMMAND_VALIDITY_MAX_MS,
+    CONTACTS_MAX, ONE_TIME_PREKEYS_MAX, PRESENCE_BATCH_MAX,
+};
+use crate::ids::UserId;
+use crate::session::{IdentityPublic, PrekeyBundle, PrekeyId};
+
+impl Directory {
+    /// Checks in the documented order: expiry, counter, then the body's own checks.
+    pub(super) fn apply_signed(&mut self, user: UserId, cmd: &SignedCommand) -> CommandResult {
+        let now = self.clock_unix_ms;
+        if cmd.expires_unix_ms < now {
+            return Err(CommandError::Expired {
+                expires_unix_ms: cmd.expires_unix_ms,
+                now_unix_ms: now,
+            });
+        }
+        // The bound is what makes tombstones sufficient: no applied command outlives
+        // `now + COMMAND_VALIDITY_MAX_MS`, and a tombstone lasts exactly that long.
+        if cmd.expires_unix_ms > now.saturating_add(COMMAND_VALIDITY_MAX_MS) {
+            return Err(CommandError::ExpiryTooFar);
+        }
+        let last = self.last_counter(&user);
+        if cmd.counter <= last {
+            return Err(CommandError::Replayed {
+                counter: cmd.counter,
+                last,
+            });
+        }
+        let counter = cmd.counter;
+        match &cmd.body {
+            CommandBody::Register { .. } => self.register(user, cmd),
+            CommandBody::RotateSignedPrekey(prekey) => {
+                let record = self
+                    .users
+                    .get_mut(&user)
+                    .ok_or(CommandError::NotRegistered)?;
+                verify_signed_prekey(&record.identity, prekey)?;
+                record.signed_prekey = *prekey;
+                record.counter = counter;
+                Ok(Outcome::Done)
+            }
+            CommandBody::PublishOneTimePrekeys(keys) => {
+                let record = self
+                    .users
+                    .get_mut(&user)
+                    .ok_or(CommandError::NotRegistered)?;
+                check_new_prekeys(&record.one_time_prekeys, keys)?;
+                record
+                    .one_time_prekeys
+                    .extend(keys.iter().map(|k| (k.id, k.key)));
+                record.counter = counter;
+                Ok(Outcome::Done)
+            }
+            CommandBody::ClaimBundle { target } => self.claim(user, counter, target),
+            CommandBody::UpdateAddresses(addresses) => {
+                let record = self
+                    .users
+                    .get_mut(&user)
+                    .ok_or(CommandError::NotRegistered)?;
+                if !addresses_ok(addresses) {
+                    return Err(CommandError::BadAddresses);
+                }
+                record.addresses.clone_from(addresses);
+                record.counter = counter;
+                Ok(Outcome::Done)
+            }
+            CommandBody::SetVisibility {
+                visibility,
+                contacts,
+            } => {
+                let record = self
+                    .users
+                    .get_mut(&user)
+                    .ok_or(CommandError::NotRegistered)?;
+                // Bounded after de-duplication: repeating a contact costs nothing to store.
+                let contacts: BTreeSet<UserId> = contacts.iter().copied().collect();
+                if contacts.len() > CONTACTS_MAX {
+                    return Err(CommandError::TooManyContacts);
+                }
+                record.visibility = *visibility;
+                record.contacts = contacts;
+                record.counter = counter;
+                Ok(Outcome::Done)
+            }
+            CommandBody::Deregister => self.deregister(user, counter),
+        }
+    }
+
+    fn register(&mut self, user: UserId, cmd: &SignedCommand) -> CommandResult {
+        let CommandBody::Register {
+            username,
+            identity_dh,
+            signed_prekey,
+            one_time_prekeys,
+            addresses,
+        } = &cmd.body
+        else {
+            unreachable!("register is called for Register bodies only")
+        };
+        let username = Username::parse(username).map_err(CommandError::InvalidUsername)?;
+        if self.users.contains_key(&user) {
+            return Err(CommandError::AlreadyRegistered);
+        }
+        if self.names.contains_key(&username) {
+            return Err(CommandError::UsernameTaken);
+        }
+        let identity = IdentityPublic {
+            signing_key: cmd.signer,
+            dh_key: *identity_dh,
+        };
+        verify_signed_prekey(&identity, signed_prekey)?;
+        check_new_prekeys(&BTreeMap::new(), one_time_prekeys)?;
+        if !addresses_ok(addresses) {
+            return Err(CommandError::BadAddresses);
+        }
+        if self.users.len() >= self.users_max {
+            return Err(CommandError::DirectoryFull);
+        }
+        // Nothing can fail from here on.
+        let now = self.clock_unix_ms;
+        let record = UserRecord {
+            user,
+            username: username.clone(),
+            identity,
+            signed_prekey: *signed_prekey,
+            one_time_prekeys: one_time_prekeys.iter().map(|k| (k.id, k.key)).collect(),
+            addresses: addresses.clone(),
+            visibility: Visibility::default(),
+            contacts: BTreeSet::new(),
+            presence: Presence::Offline {
+                last_seen_unix_ms: None,
+            },
+            registered_unix_ms: now,
+            counter: cmd.counter,
+        };
+        // The counter check above already used the tombstone; the record carries it on.
+        if let Some(tombstone) = self.tombstones.remove(&user) {
+            let indexed = self
+                .tombstones_by_expiry
+                .remove(&(tombstone.until_unix_ms, user));
+            assert!(indexed, "tombstone maps");
+        }
+        assert!(self.users.insert(user, record).is_none());
+        assert!(self.names.insert(username, user).is_none());
+        Ok(Outcome::Registered {
+            user,
+            registered_unix_ms: now,
+        })
+    }
+
+    fn claim(&mut self, claimer: UserId, counter: u64, target: &UserId) -> CommandResult {
+        if !self.users.contains_key(&claimer) {
+            return Err(CommandError::NotRegistered);
+        }
+        let record = self
+            .users
+            .get_mut(target)
+            .ok_or(CommandError::UnknownUser)?;
+        // Lowest id first: deterministic, and clients number keys upwards, so the oldest goes
+        // first. Removing it here is what makes each key serve one session only (X3DH §4.2).
+        let one_time_prekey = record
+            .one_time_prekeys
+            .pop_first()
+            .map(|(id, key)| OneTimePrekey { id, key });
+        let bundle = Bundle {
+            identity: record.identity,
+            signed_prekey: record.signed_prekey,
+            one_time_prekey,
+        };
+        // The claimer may be the target (a second device fetching its own bundle).
+        self.users.get_mut(&claimer).expect("checked above").counter = counter;
+        Ok(Outcome::Bundle {
+            pool_empty: one_time_prekey.is_none(),
+            bundle,
+        })
+    }
+
+    fn deregister(&mut self, user: UserId, counter: u64) -> CommandResult {
+        if !self.users.contains_key(&user) {
+            return Err(CommandError::NotRegistered);
+        }
+        // Already pruned at this apply: what is left is still needed.
+        if self.tombstones.len() >= self.tombstones_max {
+            return Err(CommandError::DirectoryFull);
+        }
+        let record = self.users.remove(&user).expect("checked above");
+        assert_eq!(
+            self.names.remove(&record.username),
+            Some(user),
+            "name index"
+        );
+        let until_unix_ms = self.clock_unix_ms.saturating_add(COMMAND_VALIDITY_MAX_MS);
+        let tombstone = Tombstone {
+            counter,
+            until_unix_ms,
+        };
+        assert!(self.tombstones.insert(user, tombstone).is_none());
+        assert!(self.tombstones_by_expiry.insert((until_unix_ms, user)));
+        Ok(Outcome::Done)
+    }
+
+    pub(super) fn apply_presence(&mut self, batch: &PresenceBatch) -> CommandResult {
+        if batch.changes.len() > PRESENCE_BATCH_MAX {
+            return Err(CommandError::PresenceBatchTooLarge {
+                changes: batch.changes.len(),
+            });
+        }
+        let now = self.clock_unix_ms;
+        let mut changed = 0u32;
+        for (user, change) in &batch.changes {
+            // The user may have deregistered after the leader saw the transition.
+            let Some(record) = self.users.get_mut(user) else {
+                continue;
+            };
+            let next = match (change, record.presence) {
+                (PresenceChange::Online, online @ Presence::Online { .. }) => online,
+                (PresenceChange::Online, Presence::Offline { .. }) => {
+                    Presence::Online { since_unix_ms: now }
+                }
+                (PresenceChange::Offline { last_seen_unix_ms }, _) => Presence::Offline {
+                    last_seen_unix_ms: Some(*last_seen_unix_ms),
+                },
+            };
+            if next != record.presence {
+                record.presence = next;
+                changed += 1;
+            }
+        }
+        Ok(Outcome::Presence { changed })
+    }
+}
+
+/// Whether `prekey` is signed by `identity` over its X25519 key too (X3DH §3.2).
+fn verify_signed_prekey(
+    identity: &IdentityPublic,
+    prekey: &SignedPrekey,
+) -> Result<(), CommandError> {
+    let bundle = PrekeyBundle {
+        identity: *identity,
+        signed_prekey_id: prekey.id,
+        signed_prekey: prekey.key,
+        signed_prekey_signature: prekey.signature,
+        one_time_prekey: None,
+    };
+    bundle.verify().map_err(|_| CommandError::BadSignedPrekey)
+}
+
+/// Whether `keys` may join `pool`: the pool stays within its bound and no id repeats.
+fn check_new_prekeys(
+    pool: &BTreeMap<PrekeyId, [u8; 32]>,
+    keys: &[OneTimePrekey],
+) -> Result<(), CommandError> {
+    if pool.len().saturating_add(keys.len()) > ONE_TIME_PREKEYS_MAX {
+        return Err(CommandError::TooManyPrekeys {
+            max: ONE_TIME_PREKEYS_MAX,
+        });
+    }
+    let mut seen = BTreeSet::new();
+    for key in keys {
+        if pool.contains_key(&key.id) || !seen.insert(key.id) {
+            return Err(CommandError::DuplicatePrekey(key.id));
+        }
+    }
+    Ok(())
+}
