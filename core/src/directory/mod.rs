@@ -12,6 +12,7 @@ pub use command::{
     Visibility,
 };
 pub use state::{
-    AuditRecord, Directory, Presence, UserRecord, UserView, AUDIT_RECORDS_MAX, SNAPSHOT_VERSION,
+    AuditRecord, Directory, Presence, UserRecord, UserView, AUDIT_RECORDS_MAX, PRESENCE_LOG_MAX,
+    SNAPSHOT_VERSION,
     TOMBSTONES_MAX, USERS_MAX,
 };

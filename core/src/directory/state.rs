@@ -162,7 +162,33 @@ pub struct Directory {
     users_max: usize,
     /// [`TOMBSTONES_MAX`]; tests lower it to reach the bound.
     tombstones_max: usize,
+    /// Recent presence transitions, for the replica's pushes to subscribers (derived, local).
+    presence_log: PresenceLog,
 }
+
+/// Presence transitions applied recently, `(index, user)` oldest first, at most
+/// [`PRESENCE_LOG_MAX`]. Derived data kept for pushes to subscribers, not replicated state: it is
+/// not in the snapshot, and two directories are equal whatever their logs hold.
+#[derive(Clone, Debug, Default)]
+struct PresenceLog {
+    entries: VecDeque<(LogIndex, UserId)>,
+    /// Transitions at or below this index may be missing (evicted).
+    floor: LogIndex,
+    /// How many times the directory was restored from a snapshot (transitions before it are lost).
+    restores: u64,
+}
+
+impl PartialEq for PresenceLog {
+    fn eq(&self, _: &PresenceLog) -> bool {
+        true
+    }
+}
+
+impl Eq for PresenceLog {}
+
+/// The most presence transitions a directory remembers for pushes (a replica that falls further
+/// behind pushes every subscription's current state instead).
+pub const PRESENCE_LOG_MAX: usize = 65_536;
 
 impl Default for Directory {
     fn default() -> Directory {
@@ -192,7 +218,52 @@ impl Directory {
             clock_unix_ms: 0,
             users_max,
             tombstones_max,
+            presence_log: PresenceLog::default(),
         }
+    }
+
+    /// Whether `user` is committed as online.
+    #[must_use]
+    pub fn is_online(&self, user: &UserId) -> bool {
+        self.users
+            .get(user)
+            .is_some_and(|r| matches!(r.presence, Presence::Online { .. }))
+    }
+
+    /// The users whose presence changed in entries after `since`, oldest first, or `None` if the
+    /// directory no longer remembers back that far (evicted, or restored from a snapshot after
+    /// `restores` restores: pass the count [`Directory::restores`] gave when `since` was read).
+    #[must_use]
+    pub fn presence_changes_since(
+        &self,
+        since: LogIndex,
+        restores: u64,
+    ) -> Option<impl Iterator<Item = UserId> + '_> {
+        let log = &self.presence_log;
+        if since < log.floor || restores != log.restores {
+            return None;
+        }
+        Some(
+            log.entries
+                .iter()
+                .filter(move |(index, _)| *index > since)
+                .map(|(_, user)| *user),
+        )
+    }
+
+    /// How many times this directory was restored from a snapshot.
+    #[must_use]
+    pub fn restores(&self) -> u64 {
+        self.presence_log.restores
+    }
+
+    fn log_presence(&mut self, index: LogIndex, user: UserId) {
+        let log = &mut self.presence_log;
+        if log.entries.len() == PRESENCE_LOG_MAX {
+            let (evicted, _) = log.entries.pop_front().expect("full");
+            log.floor = evicted;
+        }
+        log.entries.push_back((index, user));
     }
 
     /// The record of `user`, if registered.
@@ -392,7 +463,11 @@ impl StateMachine for Directory {
         let (user, kind, result) = match DirectoryEntry::decode(command) {
             Err(e) => (None, CommandKind::Malformed, Err(e)),
             Ok(DirectoryEntry::Presence(batch)) => {
-                (None, CommandKind::Presence, self.apply_presence(&batch))
+                (
+                    None,
+                    CommandKind::Presence,
+                    self.apply_presence(ctx.index, &batch),
+                )
             }
             Ok(DirectoryEntry::Signed(cmd)) => {
                 let kind = cmd.body.kind();
@@ -419,7 +494,9 @@ impl StateMachine for Directory {
     }
 
     fn restore(&mut self, data: &[u8]) -> Result<(), SnapshotDecodeError> {
+        let restores = self.presence_log.restores + 1;
         *self = Directory::decode_snapshot(data, self.users_max, self.tombstones_max)?;
+        self.presence_log.restores = restores;
         Ok(())
     }
 }

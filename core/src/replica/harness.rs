@@ -39,7 +39,7 @@ impl LocalCluster {
         let mut replicas = BTreeMap::new();
         let mut disks = BTreeMap::new();
         for &id in &ids {
-            let mut disk = MemStorage::new(Recovered::bootstrap(ids.iter().copied()));
+            let disk = MemStorage::new(Recovered::bootstrap(ids.iter().copied()));
             let c = ReplicaConfig {
                 raft: Config {
                     id,

@@ -208,8 +208,12 @@ pub struct Replica {
     next_full_report: Instant,
     leader_presence: Option<LeaderPresence>,
     presence_seq: u64,
+    /// Bumped when a presence proposal is dropped: a session that never opened (or was evicted)
+    /// refuses every later sequence number (thesis §6.3), so batches move to a fresh one.
+    presence_epoch: u64,
     known_leader: Option<NodeId>,
     pushed_upto: LogIndex,
+    pushed_restores: u64,
     outputs: std::collections::VecDeque<ReplicaOutput>,
     now: Now,
     stats: ReplicaStats,
@@ -225,6 +229,7 @@ impl Replica {
     ) -> Result<Replica, StartError> {
         let node = RaftNode::new(cfg.raft.clone(), recovered, Directory::new(), seed, now.instant)?;
         let pushed_upto = node.applied();
+        let pushed_restores = node.state_machine().restores();
         Ok(Replica {
             rng: DetRng::fork(seed, "replica"),
             conns: Conns::default(),
@@ -238,8 +243,10 @@ impl Replica {
             next_full_report: now.instant,
             leader_presence: None,
             presence_seq: 0,
+            presence_epoch: 0,
             known_leader: None,
             pushed_upto,
+            pushed_restores,
             outputs: std::collections::VecDeque::new(),
             now,
             stats: ReplicaStats::default(),
@@ -681,10 +688,8 @@ impl Replica {
                 ..
             } => {
                 if let Some(lead) = &mut self.leader_presence {
-                    if *client == presence_client(self.node.id(), self.node.term())
-                        && lead.in_flight == Some(*seq)
-                    {
-                        lead.in_flight = None;
+                    if *client == presence_client(self.node.id(), self.node.term(), self.presence_epoch) {
+                        lead.in_flight.remove(seq);
                     }
                 }
                 for origin in self.proposed.remove(&(*client, *seq)).unwrap_or_default() {
@@ -705,12 +710,12 @@ impl Replica {
                 reason,
                 ..
             } => {
-                if let Some(lead) = &mut self.leader_presence {
-                    if lead.in_flight == Some(*seq)
-                        && *client == presence_client(self.node.id(), self.node.term())
-                    {
-                        lead.in_flight = None;
+                if *client == presence_client(self.node.id(), self.node.term(), self.presence_epoch) {
+                    if let Some(lead) = &mut self.leader_presence {
+                        lead.in_flight.remove(seq);
                     }
+                    self.presence_epoch += 1;
+                    self.presence_seq = 0;
                 }
                 let error = match reason {
                     DropReason::SessionExpired => RequestError::SessionExpired,
@@ -841,24 +846,28 @@ impl Replica {
         let Some(lead) = &mut self.leader_presence else {
             return;
         };
-        let Some(batch) = lead.batch(&self.cfg.presence, self.node.state_machine(), self.now) else {
-            return;
-        };
-        let client = presence_client(self.node.id(), self.node.term());
-        let seq = self.presence_seq + 1;
-        let entry = DirectoryEntry::Presence(batch).encode();
-        match self
-            .node
-            .propose(self.now.instant, self.now.unix_ms, client, seq, entry)
-        {
-            Ok(_) => {
-                self.presence_seq = seq;
-                self.stats.presence_batches += 1;
-                if let Some(lead) = &mut self.leader_presence {
-                    lead.in_flight = Some(seq);
+        let batches = lead.batch(&self.cfg.presence, self.node.state_machine(), self.now);
+        let client = presence_client(self.node.id(), self.node.term(), self.presence_epoch);
+        for batch in batches {
+            let seq = self.presence_seq + 1;
+            let entry = DirectoryEntry::Presence(batch).encode();
+            match self
+                .node
+                .propose(self.now.instant, self.now.unix_ms, client, seq, entry)
+            {
+                Ok(_) => {
+                    self.presence_seq = seq;
+                    self.stats.presence_batches += 1;
+                    if let Some(lead) = &mut self.leader_presence {
+                        lead.in_flight.insert(seq);
+                    }
+                }
+                Err(err) => {
+                    // Back-pressure or a transfer: the next flush computes the difference again.
+                    tracing::debug!(node = %self.node.id(), %err, "presence batch not proposed");
+                    break;
                 }
             }
-            Err(err) => tracing::debug!(node = %self.node.id(), %err, "presence batch not proposed"),
         }
     }
 
@@ -868,12 +877,17 @@ impl Replica {
         if applied <= self.pushed_upto {
             return;
         }
-        let changed: Vec<UserId> = match self.directory().presence_changes_since(self.pushed_upto) {
+        let restores = self.pushed_restores;
+        let changed: Vec<UserId> = match self
+            .directory()
+            .presence_changes_since(self.pushed_upto, restores)
+        {
             Some(changes) => changes.collect(),
             // The ring no longer reaches back (a snapshot was installed): push every subscription.
             None => self.conns.subscribed_users(),
         };
         self.pushed_upto = applied;
+        self.pushed_restores = self.directory().restores();
         for subject in changed {
             for (conn, viewer) in self.conns.subscribers(&subject) {
                 self.push_presence(conn, viewer, subject);
@@ -1031,15 +1045,19 @@ pub fn scoped_client(user: &UserId, session: u64) -> ClientId {
     ClientId(u64::from_le_bytes(bytes))
 }
 
-/// The de-duplication client id of a leader's presence batches in one term: a fresh session per
-/// term, so a new leader starts at seq 1 without knowing its predecessor's numbers.
+/// The de-duplication client id of a leader's presence batches: a fresh session per term (and per
+/// epoch within it), so a new leader starts at seq 1 without knowing its predecessor's numbers.
 #[must_use]
-pub fn presence_client(node: NodeId, term: crate::ids::Term) -> ClientId {
+pub fn presence_client(node: NodeId, term: crate::ids::Term, epoch: u64) -> ClientId {
     let mut hasher = blake3::Hasher::new_derive_key("paloma 2026-11 presence session v1");
     hasher.update(&node.0.to_le_bytes());
     hasher.update(&term.0.to_le_bytes());
+    hasher.update(&epoch.to_le_bytes());
     let bytes: [u8; 8] = hasher.finalize().as_bytes()[..8]
         .try_into()
         .expect("8 bytes");
     ClientId(u64::from_le_bytes(bytes))
 }
+
+#[cfg(test)]
+mod tests;

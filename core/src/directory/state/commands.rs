@@ -9,7 +9,7 @@ use crate::directory::command::{
     PresenceChange, SignedCommand, SignedPrekey, Username, Visibility, COMMAND_VALIDITY_MAX_MS,
     CONTACTS_MAX, ONE_TIME_PREKEYS_MAX, PRESENCE_BATCH_MAX,
 };
-use crate::ids::UserId;
+use crate::ids::{LogIndex, UserId};
 use crate::session::{IdentityPublic, PrekeyBundle, PrekeyId};
 
 impl Directory {
@@ -207,7 +207,7 @@ impl Directory {
         Ok(Outcome::Done)
     }
 
-    pub(super) fn apply_presence(&mut self, batch: &PresenceBatch) -> CommandResult {
+    pub(super) fn apply_presence(&mut self, index: LogIndex, batch: &PresenceBatch) -> CommandResult {
         if batch.changes.len() > PRESENCE_BATCH_MAX {
             return Err(CommandError::PresenceBatchTooLarge {
                 changes: batch.changes.len(),
@@ -232,6 +232,7 @@ impl Directory {
             if next != record.presence {
                 record.presence = next;
                 changed += 1;
+                self.log_presence(index, *user);
             }
         }
         Ok(Outcome::Presence { changed })

@@ -1,0 +1,415 @@
+//! The replica on a quiet in-memory cluster: forwarding, login, refusals, reads, presence.
+
+use super::harness::LocalCluster;
+use super::protocol::{
+    login, ClientFrame, Consistency, LookupKey, Reply, ReplicaFrame, Request, RequestError,
+};
+use super::ReplicaConfig;
+use crate::directory::{
+    CommandBody, CommandError, OneTimePrekey, Outcome, Presence, SignedCommand, SignedPrekey,
+    Visibility,
+};
+use crate::ids::{ConnId, NodeId, RequestId};
+use crate::raft::io::Role;
+use crate::session::{Entropy, IdentityKeyPair, PrekeyId, SignedPrekeyPair};
+use std::time::Duration;
+
+struct Seeded(u64);
+impl Entropy for Seeded {
+    fn fill(&mut self, buf: &mut [u8]) {
+        for b in buf {
+            self.0 = self.0.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+            *b = (self.0 >> 56) as u8;
+        }
+    }
+}
+
+fn identity(seed: u64) -> IdentityKeyPair {
+    IdentityKeyPair::generate(&mut Seeded(seed))
+}
+
+fn register_body(id: &IdentityKeyPair, name: &str) -> CommandBody {
+    let spk = SignedPrekeyPair::generate(id, PrekeyId(1), &mut Seeded(99));
+    CommandBody::Register {
+        username: name.into(),
+        identity_dh: id.public().dh_key,
+        signed_prekey: SignedPrekey {
+            id: spk.id(),
+            key: spk.public_key(),
+            signature: spk.signature(),
+        },
+        one_time_prekeys: (0..3)
+            .map(|i| OneTimePrekey {
+                id: PrekeyId(10 + i),
+                key: [i as u8 + 1; 32],
+            })
+            .collect(),
+        addresses: vec!["10.0.0.1:7000".into()],
+    }
+}
+
+fn quiet() -> ReplicaConfig {
+    ReplicaConfig::default()
+}
+
+fn cluster() -> (LocalCluster, NodeId, NodeId) {
+    let mut c = LocalCluster::new(3, &quiet());
+    let leader = c.elect(Duration::from_secs(10)).expect("a leader within 10 s");
+    let follower = c
+        .replicas
+        .keys()
+        .copied()
+        .find(|id| *id != leader)
+        .expect("3 replicas");
+    (c, leader, follower)
+}
+
+/// Connects to `node` and logs in as `id`.
+fn logged_in(c: &mut LocalCluster, node: NodeId, id: &IdentityKeyPair) -> ConnId {
+    let conn = c.connect(node);
+    let Some(ReplicaFrame::Challenge { nonce, replica }) = c.take(conn).pop() else {
+        panic!("a connection starts with a challenge");
+    };
+    assert_eq!(replica, node);
+    c.send_and_settle(conn, login(id, &nonce, replica).encode());
+    assert_eq!(
+        c.take(conn),
+        vec![ReplicaFrame::LoggedIn { user: id.user_id() }]
+    );
+    conn
+}
+
+fn request(c: &mut LocalCluster, conn: ConnId, id: u64, request: Request) -> Result<Reply, RequestError> {
+    c.send_and_settle(
+        conn,
+        ClientFrame::Request {
+            id: RequestId(id),
+            request,
+        }
+        .encode(),
+    );
+    // Commit needs a heartbeat round or two.
+    for _ in 0..50 {
+        let frames = c.take(conn);
+        for frame in frames {
+            if let ReplicaFrame::Response { id: got, result } = frame {
+                assert_eq!(got, RequestId(id));
+                return result;
+            }
+        }
+        c.advance(Duration::from_millis(20));
+    }
+    panic!("no response to request {id}");
+}
+
+fn command(c: &mut LocalCluster, conn: ConnId, rid: u64, seq: u64, cmd: SignedCommand) -> Result<Reply, RequestError> {
+    request(
+        c,
+        conn,
+        rid,
+        Request::Command {
+            session: 1,
+            seq,
+            command: cmd,
+        },
+    )
+}
+
+fn expires(c: &LocalCluster) -> u64 {
+    c.now.unix_ms + 60_000
+}
+
+#[test]
+fn a_write_on_a_follower_is_forwarded_and_answered_on_the_clients_connection() {
+    let (mut c, _leader, follower) = cluster();
+    let alice = identity(1);
+    let conn = logged_in(&mut c, follower, &alice);
+    let cmd = SignedCommand::sign(&alice, 1, expires(&c), register_body(&alice, "Alice"));
+    let reply = command(&mut c, conn, 1, 1, cmd.clone());
+    assert!(
+        matches!(reply, Ok(Reply::Command(Ok(Outcome::Registered { user, .. }))) if user == alice.user_id()),
+        "{reply:?}"
+    );
+    // Every replica applied it.
+    for _ in 0..20 {
+        c.advance(Duration::from_millis(50));
+    }
+    for r in c.replicas.values() {
+        let name = crate::directory::Username::parse("alice").unwrap();
+        assert_eq!(r.directory().lookup(&name).map(|u| u.user), Some(alice.user_id()));
+    }
+    // A retry with the same (session, seq) is answered from the de-duplication table, not
+    // applied again (it would say Replayed).
+    let again = command(&mut c, conn, 2, 1, cmd);
+    assert_eq!(again, reply);
+    c.check_invariants();
+}
+
+#[test]
+fn requests_before_login_bad_logins_and_foreign_signatures_are_refused() {
+    let (mut c, leader, _) = cluster();
+    let alice = identity(1);
+    let conn = c.connect(leader);
+    let Some(ReplicaFrame::Challenge { nonce, replica }) = c.take(conn).pop() else {
+        panic!("challenge");
+    };
+    let lookup = Request::Lookup {
+        key: LookupKey::Name("alice".into()),
+        consistency: Consistency::Local,
+    };
+    assert_eq!(request(&mut c, conn, 1, lookup), Err(RequestError::NotLoggedIn));
+    // A signature over another replica's challenge does not log in here.
+    c.send_and_settle(conn, login(&alice, &nonce, NodeId(replica.0 + 7)).encode());
+    assert_eq!(c.take(conn), vec![ReplicaFrame::LoginFailed]);
+    c.send_and_settle(conn, login(&alice, &nonce, replica).encode());
+    assert_eq!(c.take(conn), vec![ReplicaFrame::LoggedIn { user: alice.user_id() }]);
+    // Bob's command on Alice's connection.
+    let bob = identity(2);
+    let cmd = SignedCommand::sign(&bob, 1, expires(&c), register_body(&bob, "bob"));
+    assert_eq!(command(&mut c, conn, 2, 1, cmd), Err(RequestError::WrongSigner));
+    // An invalid username never reaches Raft.
+    let cmd = SignedCommand::sign(&alice, 1, expires(&c), register_body(&alice, "no way"));
+    assert!(matches!(command(&mut c, conn, 3, 1, cmd), Err(RequestError::InvalidUsername(_))));
+    // Garbage is answered and counted, and the connection keeps working.
+    c.send_and_settle(conn, vec![1, 2, 3]);
+    assert_eq!(c.take(conn), vec![ReplicaFrame::Malformed]);
+    assert_eq!(c.replicas[&leader].stats().client_frames_malformed, 1);
+    let before = c.replicas[&leader].node().commit();
+    c.advance(Duration::from_millis(100));
+    assert!(c.replicas[&leader].node().commit() >= before);
+    assert!(c.replicas[&leader].directory().is_empty(), "nothing was registered");
+}
+
+#[test]
+fn a_replayed_or_tampered_command_is_refused_at_apply() {
+    let (mut c, leader, _) = cluster();
+    let alice = identity(1);
+    let conn = logged_in(&mut c, leader, &alice);
+    let cmd = SignedCommand::sign(&alice, 1, expires(&c), register_body(&alice, "alice"));
+    assert!(matches!(command(&mut c, conn, 1, 1, cmd.clone()), Ok(Reply::Command(Ok(_)))));
+    // The same signed command in a new de-duplication session: the counter says replay.
+    let replay = request(
+        &mut c,
+        conn,
+        2,
+        Request::Command {
+            session: 2,
+            seq: 1,
+            command: cmd,
+        },
+    );
+    assert!(
+        matches!(replay, Ok(Reply::Command(Err(CommandError::Replayed { counter: 1, last: 1 })))),
+        "{replay:?}"
+    );
+    let mut tampered = SignedCommand::sign(&alice, 2, expires(&c), CommandBody::UpdateAddresses(vec!["a:1".into()]));
+    tampered.body = CommandBody::UpdateAddresses(vec!["b:2".into()]);
+    let answer = request(
+        &mut c,
+        conn,
+        3,
+        Request::Command {
+            session: 3,
+            seq: 1,
+            command: tampered,
+        },
+    );
+    assert_eq!(answer, Ok(Reply::Command(Err(CommandError::BadSignature))));
+    let record = c.replicas[&leader].directory().user(&alice.user_id()).unwrap().clone();
+    assert_eq!((record.counter, record.addresses.clone()), (1, vec!["10.0.0.1:7000".to_string()]));
+}
+
+#[test]
+fn linearizable_lookups_on_a_follower_see_the_latest_write_and_local_ones_say_stale() {
+    let (mut c, leader, follower) = cluster();
+    let alice = identity(1);
+    let writer = logged_in(&mut c, leader, &alice);
+    let bob = identity(2);
+    let reader = logged_in(&mut c, follower, &bob);
+    let cmd = SignedCommand::sign(&alice, 1, expires(&c), register_body(&alice, "alice"));
+    assert!(matches!(command(&mut c, writer, 1, 1, cmd), Ok(Reply::Command(Ok(_)))));
+    let lin = request(
+        &mut c,
+        reader,
+        1,
+        Request::Lookup {
+            key: LookupKey::Name("ALICE".into()),
+            consistency: Consistency::Linearizable,
+        },
+    );
+    let Ok(Reply::Lookup(reply)) = lin else {
+        panic!("{lin:?}");
+    };
+    assert_eq!(reply.user.map(|u| u.user), Some(alice.user_id()));
+    assert!(!reply.possibly_stale);
+    let local = request(
+        &mut c,
+        reader,
+        2,
+        Request::Lookup {
+            key: LookupKey::Id(alice.user_id()),
+            consistency: Consistency::Local,
+        },
+    );
+    let Ok(Reply::Lookup(reply)) = local else {
+        panic!("{local:?}");
+    };
+    assert!(reply.possibly_stale);
+    assert_eq!(reply.user.map(|u| u.one_time_prekeys_left), Some(3));
+}
+
+/// Registers `id` as `name` through `conn`.
+fn register(c: &mut LocalCluster, conn: ConnId, id: &IdentityKeyPair, name: &str) {
+    let cmd = SignedCommand::sign(id, 1, expires(c), register_body(id, name));
+    let r = command(c, conn, 100, 1, cmd);
+    assert!(matches!(r, Ok(Reply::Command(Ok(_)))), "{r:?}");
+}
+
+fn presence(c: &LocalCluster, node: NodeId, id: &IdentityKeyPair) -> Presence {
+    c.replicas[&node]
+        .directory()
+        .user(&id.user_id())
+        .expect("registered")
+        .presence
+}
+
+#[test]
+fn presence_goes_online_with_heartbeats_and_offline_within_the_bound() {
+    let (mut c, leader, follower) = cluster();
+    let alice = identity(1);
+    let conn = logged_in(&mut c, follower, &alice);
+    register(&mut c, conn, &alice, "alice");
+    for _ in 0..40 {
+        c.advance(Duration::from_millis(100));
+    }
+    assert!(matches!(presence(&c, leader, &alice), Presence::Online { .. }));
+    // Heartbeats keep the lease for a minute.
+    for _ in 0..6 {
+        c.send(conn, ClientFrame::Heartbeat.encode());
+        for _ in 0..100 {
+            c.advance(Duration::from_millis(100));
+        }
+        assert!(matches!(presence(&c, leader, &alice), Presence::Online { .. }));
+    }
+    // Silence: offline within lease + report + flush (+ grace after a leader change; none here).
+    let bound = quiet().presence.offline_bound();
+    let mut waited = Duration::ZERO;
+    while matches!(presence(&c, leader, &alice), Presence::Online { .. }) {
+        c.advance(Duration::from_millis(100));
+        waited += Duration::from_millis(100);
+        assert!(waited <= bound, "still online {waited:?} after the last heartbeat");
+    }
+    // Followers learn the commit with the next heartbeat.
+    for _ in 0..5 {
+        c.advance(Duration::from_millis(100));
+    }
+    let Presence::Offline { last_seen_unix_ms } = presence(&c, follower, &alice) else {
+        panic!("offline on every replica");
+    };
+    assert!(last_seen_unix_ms.is_some());
+    c.check_invariants();
+}
+
+#[test]
+fn a_leader_change_does_not_flip_everyone_offline() {
+    let (mut c, leader, _) = cluster();
+    let users: Vec<IdentityKeyPair> = (1..=4).map(identity).collect();
+    let others: Vec<NodeId> = c.replicas.keys().copied().filter(|id| *id != leader).collect();
+    let mut conns = Vec::new();
+    for (i, id) in users.iter().enumerate() {
+        let node = others[i % 2];
+        let conn = logged_in(&mut c, node, id);
+        register(&mut c, conn, id, &format!("user{i}"));
+        conns.push(conn);
+    }
+    for _ in 0..30 {
+        c.advance(Duration::from_millis(100));
+    }
+    for id in &users {
+        assert!(matches!(presence(&c, others[0], id), Presence::Online { .. }));
+    }
+    // The leader dies; its peers elect another.
+    c.replicas.remove(&leader);
+    let mut elapsed = Duration::ZERO;
+    while elapsed < Duration::from_secs(25) {
+        if elapsed.as_millis() % 5_000 == 0 {
+            for conn in &conns {
+                c.send(*conn, ClientFrame::Heartbeat.encode());
+            }
+        }
+        c.advance(Duration::from_millis(100));
+        elapsed += Duration::from_millis(100);
+        for node in &others {
+            for id in &users {
+                assert!(
+                    matches!(presence(&c, *node, id), Presence::Online { .. }),
+                    "{:?} shown offline on {node} {elapsed:?} after the leader died",
+                    id.user_id()
+                );
+            }
+        }
+    }
+    assert!(c.replicas.values().any(|r| r.node().role() == Role::Leader), "a new leader");
+}
+
+#[test]
+fn subscribers_see_presence_changes_only_when_visible() {
+    let (mut c, leader, follower) = cluster();
+    let alice = identity(1);
+    let bob = identity(2);
+    let a = logged_in(&mut c, leader, &alice);
+    register(&mut c, a, &alice, "alice");
+    let b = logged_in(&mut c, follower, &bob);
+    register(&mut c, b, &bob, "bob");
+    assert_eq!(
+        request(&mut c, a, 5, Request::Subscribe(vec![bob.user_id()])),
+        Ok(Reply::Subscribed)
+    );
+    for _ in 0..30 {
+        c.advance(Duration::from_millis(100));
+    }
+    let pushes: Vec<Presence> = c
+        .take(a)
+        .into_iter()
+        .filter_map(|f| match f {
+            ReplicaFrame::PresencePush { user, presence } if user == bob.user_id() => Some(presence),
+            _ => None,
+        })
+        .collect();
+    assert!(pushes.iter().any(|p| matches!(p, Presence::Online { .. })), "{pushes:?}");
+    // Bob hides; then goes away: Alice hears nothing more.
+    let hide = SignedCommand::sign(
+        &bob,
+        2,
+        expires(&c),
+        CommandBody::SetVisibility {
+            visibility: Visibility::Nobody,
+            contacts: vec![],
+        },
+    );
+    assert!(matches!(command(&mut c, b, 6, 2, hide), Ok(Reply::Command(Ok(Outcome::Done)))));
+    c.input(follower, super::ReplicaInput::Disconnected(b));
+    for _ in 0..100 {
+        c.advance(Duration::from_millis(100));
+    }
+    assert!(matches!(presence(&c, leader, &bob), Presence::Offline { .. }));
+    let late: Vec<ReplicaFrame> = c
+        .take(a)
+        .into_iter()
+        .filter(|f| matches!(f, ReplicaFrame::PresencePush { .. }))
+        .collect();
+    assert!(late.is_empty(), "pushed despite Nobody: {late:?}");
+    // Too many subscriptions: a typed refusal.
+    let many = vec![bob.user_id(); quiet().subscriptions_max + 1];
+    assert_eq!(
+        request(&mut c, a, 7, Request::Subscribe(many)),
+        Err(RequestError::TooManySubscriptions { max: quiet().subscriptions_max })
+    );
+}
+
+#[test]
+fn fuzz_entry_points_survive_simple_inputs() {
+    super::fuzz::replica_client_frames(&[1, 3, 1, 2, 3, 0, 255]);
+    super::fuzz::replica_client_frames(&[0; 64]);
+    super::fuzz::directory_entries(&[2, 1, 0, 0, 0, 0, 0, 0, 0, 9]);
+}
