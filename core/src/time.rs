@@ -37,6 +37,20 @@ impl Instant {
     }
 }
 
+/// The two clocks a client-facing call needs, read once by the runtime and passed in together.
+///
+/// `instant` is monotonic and drives every timer (it never jumps, so a backoff or a request
+/// deadline cannot be cut short or stretched by a clock step). `unix_ms` is the wall clock, used
+/// only as data: a signed directory command carries an expiry in wall time, because the leader
+/// judges it against its own wall clock (`directory::command::COMMAND_VALIDITY_MAX_MS`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Now {
+    /// The runtime's monotonic clock: timers.
+    pub instant: Instant,
+    /// Milliseconds since the Unix epoch: command expiry only.
+    pub unix_ms: u64,
+}
+
 impl Add<Duration> for Instant {
     type Output = Instant;
 
