@@ -90,6 +90,7 @@
 //! assert_eq!(applied, Some(5u64.to_le_bytes().to_vec()));
 //! ```
 
+pub mod client;
 pub mod directory;
 pub mod ids;
 pub mod raft;

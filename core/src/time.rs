@@ -37,14 +37,17 @@ impl Instant {
     }
 }
 
-/// What a composed machine is told the time is: the monotonic instant drives its timers; the
-/// wall clock is data (a leader stamps it into entries, a client into command expiries), never a
-/// timer (ARCHITECTURE.md, "Determinism").
+/// The two clocks a composed machine (replica, client) needs, read once by the runtime and passed in together.
+///
+/// `instant` is monotonic and drives every timer (it never jumps, so a backoff or a request
+/// deadline cannot be cut short or stretched by a clock step). `unix_ms` is the wall clock, used
+/// only as data: a signed directory command carries an expiry in wall time, because the leader
+/// judges it against its own wall clock (`directory::command::COMMAND_VALIDITY_MAX_MS`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Now {
-    /// The monotonic instant.
+    /// The runtime's monotonic clock: timers.
     pub instant: Instant,
-    /// Milliseconds since the Unix epoch on the runtime's wall clock.
+    /// Milliseconds since the Unix epoch: data only (command expiry, a leader's entry stamps).
     pub unix_ms: u64,
 }
 
