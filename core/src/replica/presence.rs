@@ -338,7 +338,8 @@ impl LeaderPresence {
             .collect()
     }
 
-    /// Users in the leader's union (for tests and status).
+    /// Users in the leader's union.
+    #[cfg(test)]
     pub(crate) fn online_count(&self) -> usize {
         let mut online = BTreeSet::new();
         for view in self.views.values() {
