@@ -119,6 +119,10 @@ impl KeyRing {
         self.one_time.get(&id)
     }
 
+    pub(crate) fn one_time_all(&self) -> impl Iterator<Item = &OneTimePrekeyPair> {
+        self.one_time.values()
+    }
+
     pub(crate) fn take_one_time(&mut self, id: PrekeyId) -> Option<OneTimePrekeyPair> {
         self.one_time.remove(&id)
     }

@@ -464,6 +464,11 @@ impl Client {
         self.keys.signed_with_id(id)
     }
 
+    /// Every held one-time prekey, by id.
+    pub fn one_time_prekeys(&self) -> impl Iterator<Item = &OneTimePrekeyPair> {
+        self.keys.one_time_all()
+    }
+
     /// A held one-time prekey.
     #[must_use]
     pub fn one_time_prekey(&self, id: PrekeyId) -> Option<&OneTimePrekeyPair> {

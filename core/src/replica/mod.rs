@@ -293,9 +293,11 @@ impl Replica {
                 }
             }
         };
+        // The leader's next batch is due only once the previous one applied (or was dropped):
+        // until then an elapsed flush deadline must not wake the replica again and again.
         let presence = match &self.leader_presence {
-            Some(lead) => self.next_report.min(lead.next_flush()),
-            None => self.next_report,
+            Some(lead) if lead.in_flight.is_empty() => self.next_report.min(lead.next_flush()),
+            _ => self.next_report,
         };
         consider(Some(presence), ReplicaTimer::Presence);
         consider(self.leases.next_expiry(), ReplicaTimer::LeaseExpiry);

@@ -6,6 +6,8 @@
 //! paloma-sim sweep [--seeds N] [--first S] [--family F] [--no-shrink]
 //!                                                   N seeds, ends with "N passed, M failed"
 //! paloma-sim replay --seed S [--faults 1,4] [--family F]   re-run a seed (with a shrunk fault mask)
+//! paloma-sim dir [--seed N | --seeds N --first S --jobs J] [--quiet]
+//!                                                   the directory family: replicas, clients, attacker
 //! ```
 
 use clap::{Parser, Subcommand};
@@ -53,6 +55,22 @@ enum Cmd {
         /// Do not shrink failures (mutation campaigns: only the counts matter).
         #[arg(long)]
         no_shrink: bool,
+    },
+    /// The directory family: replicas, many clients and an attacker under swarm-drawn faults.
+    /// With `--seeds`, a sweep; otherwise one seed told as a story.
+    Dir {
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Sweep this many seeds from `--first` instead.
+        #[arg(long)]
+        seeds: Option<u64>,
+        #[arg(long, default_value_t = 1)]
+        first: u64,
+        #[arg(long, default_value_t = 1)]
+        jobs: usize,
+        /// Print only the summary.
+        #[arg(long)]
+        quiet: bool,
     },
     /// Replay one seed, optionally with only some of its planned faults.
     Replay {
@@ -116,6 +134,16 @@ fn main() -> ExitCode {
             jobs,
             no_shrink,
         } => family(&f).map(|f| run_sweep(f, first, seeds, jobs, !no_shrink)),
+        Cmd::Dir {
+            seed,
+            seeds,
+            first,
+            jobs,
+            quiet,
+        } => Ok(match seeds {
+            Some(count) => dir_sweep(first, count, jobs),
+            None => dir_watch(seed, quiet),
+        }),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,
@@ -203,4 +231,50 @@ fn run_sweep(family: Family, first: u64, count: u64, jobs: usize, shrinking: boo
     );
     println!("{} passed, {} failed", result.passed, result.failed.len());
     result.failed.is_empty()
+}
+
+fn dir_watch(seed: u64, quiet: bool) -> bool {
+    use paloma_scenarios::dirsim::{self, DirConfig};
+    let cfg = DirConfig {
+        trace: !quiet,
+        ..DirConfig::new(seed)
+    };
+    println!(
+        "Simulating {} replicas and {} clients (directory family, seed {seed}) for {:?} of chaos, then {:?} healed.",
+        cfg.replicas, cfg.clients, cfg.chaos, cfg.liveness
+    );
+    #[allow(clippy::disallowed_methods)] // wall time only for the display
+    let start = std::time::Instant::now();
+    let (report, trace) = dirsim::run(cfg);
+    for line in trace.lines() {
+        println!("{line}");
+    }
+    println!("profile: {}", report.profile);
+    println!("{}", report.summary());
+    println!("({:.2}s wall)", start.elapsed().as_secs_f64());
+    if report.failure.is_some() {
+        println!("replay: {}", dirsim::replay_command(seed));
+        return false;
+    }
+    true
+}
+
+fn dir_sweep(first: u64, count: u64, jobs: usize) -> bool {
+    use paloma_scenarios::dirsim;
+    #[allow(clippy::disallowed_methods)] // wall time only for the display
+    let start = std::time::Instant::now();
+    let reports = dirsim::sweep(first, count, jobs);
+    let wall = start.elapsed().as_secs_f64();
+    let simulated: f64 = reports.iter().map(|r| r.sim_time.as_secs_f64()).sum();
+    let mut failed = 0;
+    for r in reports.iter().filter(|r| r.failure.is_some()) {
+        failed += 1;
+        println!("FAIL {}\n  replay: {}", r.summary(), dirsim::replay_command(r.seed));
+    }
+    println!(
+        "{count} seeds of directory in {wall:.1}s wall, {simulated:.0} simulated seconds ({:.0}x real time)",
+        simulated / wall.max(1e-9)
+    );
+    println!("{} passed, {failed} failed", reports.len() - failed);
+    failed == 0
 }

@@ -223,9 +223,14 @@ impl Observed {
             AttackKind::Tampered => matches!(result, Ok(Reply::Command(Err(CommandError::BadSignature)))),
             AttackKind::OtherSigner => matches!(result, Err(RequestError::WrongSigner)),
             AttackKind::InvalidName => matches!(result, Err(RequestError::InvalidUsername(_))),
+            // A registration whose first attempt's answer was lost may have applied: then the
+            // oversized one meets `AlreadyRegistered` first (still a refusal that changes nothing,
+            // which the end check of the attacker's counter confirms).
             AttackKind::Oversized => matches!(
                 result,
-                Ok(Reply::Command(Err(CommandError::TooManyPrekeys { .. }))) | Err(RequestError::TooLarge)
+                Ok(Reply::Command(Err(
+                    CommandError::TooManyPrekeys { .. } | CommandError::AlreadyRegistered
+                ))) | Err(RequestError::TooLarge)
             ),
             _ => false,
         };

@@ -21,3 +21,53 @@ use crate::fastsim::Trace;
 pub fn run(cfg: DirConfig) -> (DirReport, Trace) {
     DirSim::new(cfg).run()
 }
+
+/// Runs one seed, turning a panic (a broken assertion in a replica or a client) into a failure.
+#[must_use]
+pub fn run_one(cfg: DirConfig) -> DirReport {
+    let seed = cfg.seed;
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(cfg).0)) {
+        Ok(report) => report,
+        Err(panic) => {
+            let msg = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_string()))
+                .unwrap_or_else(|| "panic".into());
+            DirReport {
+                seed,
+                failure: Some(format!("panic: {msg}")),
+                ..DirReport::default()
+            }
+        }
+    }
+}
+
+/// The command that replays `seed` with its story.
+#[must_use]
+pub fn replay_command(seed: u64) -> String {
+    format!("cargo run --release -p paloma-scenarios --bin paloma-sim -- dir --seed {seed}")
+}
+
+/// Runs `count` seeds from `first` on `jobs` threads; returns the reports of every seed, in seed
+/// order (results do not depend on `jobs`).
+#[must_use]
+pub fn sweep(first: u64, count: u64, jobs: usize) -> Vec<DirReport> {
+    let next = std::sync::atomic::AtomicU64::new(first);
+    let reports = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        for _ in 0..jobs.max(1) {
+            s.spawn(|| loop {
+                let seed = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if seed >= first + count {
+                    break;
+                }
+                let report = run_one(DirConfig::new(seed));
+                reports.lock().expect("no poisoned lock").push(report);
+            });
+        }
+    });
+    let mut reports = reports.into_inner().expect("no poisoned lock");
+    reports.sort_by_key(|r| r.seed);
+    reports
+}

@@ -252,6 +252,8 @@ struct Attacker {
     session: u64,
     /// The attacker's own registration, once applied: replayed later.
     registered: Option<SignedCommand>,
+    /// The counters of every registration it sent (one of them may have applied).
+    register_counters: Vec<u64>,
     pending: Option<(RequestId, AttackKind)>,
     next_request: u64,
 }
@@ -278,6 +280,8 @@ pub struct DirSim {
     report: DirReport,
     trace: Trace,
     names: Vec<String>,
+    /// Every one-time prekey a client ever generated: `(owner, id) → public key`.
+    generated: BTreeMap<(UserId, paloma_core::session::PrekeyId), [u8; 32]>,
 }
 
 impl std::fmt::Debug for DirSim {
@@ -368,6 +372,7 @@ impl DirSim {
             counter: 0,
             session: 1,
             registered: None,
+            register_counters: Vec::new(),
             pending: None,
             next_request: 1,
         };
@@ -396,6 +401,7 @@ impl DirSim {
             checker: SafetyChecker::new(),
             observed: Observed::default(),
             names,
+            generated: BTreeMap::new(),
         };
         for id in voters {
             sim.start_node(id);
@@ -438,11 +444,25 @@ impl DirSim {
     }
 
     fn run_until(&mut self, until: u64) -> Result<(), Violation> {
+        let mut same_instant = 0u64;
         while let Some(Reverse((at, _, _))) = self.queue.peek() {
             if *at > until {
                 break;
             }
             let Reverse((at, _, ev)) = self.queue.pop().expect("peeked");
+            // A machine whose deadline stays in the past after it was woken would spin here
+            // forever: time must move.
+            same_instant = if at == self.now { same_instant + 1 } else { 0 };
+            if same_instant > 100_000 {
+                let timers: Vec<String> = self
+                    .nodes
+                    .iter()
+                    .filter_map(|(id, n)| Some(format!("{id}: {:?} (role {:?}, node now {:?}, local now {:?})", n.replica.as_ref()?.poll_timeout(), n.replica.as_ref()?.node().role(), n.replica.as_ref()?.node().now(), n.clock.local_nanos(at))))
+                    .collect();
+                return Err(Violation(format!(
+                    "100,000 events at one instant {at} (last {ev:?}): a timer that never clears; timers {timers:?}"
+                )));
+            }
             self.now = at;
             self.report.events += 1;
             self.dispatch(ev)?;
@@ -902,6 +922,7 @@ impl DirSim {
         let now = self.now;
         match event {
             ClientEvent::LoggedIn { user } => {
+                self.trace.line(now, format_args!("client {c} ({user:?}) logged in"));
                 if user != self.clients[c].user {
                     return Err(Violation(format!("client {c} logged in as {user:?}, not itself")));
                 }
@@ -914,12 +935,14 @@ impl DirSim {
                 if user != self.clients[c].user {
                     return Err(Violation(format!("client {c} registered as someone else")));
                 }
+                self.trace.line(now, format_args!("client {c} registered @{name}"));
                 self.observed.on_registered(&name, user, now)?;
                 self.clients[c].name = Some(name);
                 self.clients[c].busy = None;
             }
             ClientEvent::Done { op } => {
                 if let Some((Op::Deregister, _)) = self.clients[c].ops.remove(&op) {
+                    self.trace.line(now, format_args!("client {c} deregistered"));
                     let user = self.clients[c].user;
                     self.observed.on_deregistered(user, now);
                     self.clients[c].name = None;
@@ -935,23 +958,22 @@ impl DirSim {
                 let Some((Op::Claim(target), _)) = self.clients[c].ops.remove(&op) else {
                     return Err(Violation(format!("client {c}: a bundle for an op that was no claim")));
                 };
-                // The one-time prekey must be one its owner generated and published.
+                // The one-time prekey must be one its owner generated (the owner may have
+                // dropped it since, after deregistering: `generated` remembers).
                 if let Some(otk) = bundle.one_time_prekey {
-                    let owner = self.clients.iter().find(|o| o.user == target);
-                    let genuine = owner.is_some_and(|o| {
-                        o.client.one_time_prekey(otk.id).is_some_and(|k| k.public_key() == otk.key)
-                    });
-                    if !genuine {
+                    if self.generated.get(&(target, otk.id)) != Some(&otk.key) {
                         return Err(Violation(format!(
-                            "client {c} was handed one-time prekey {:?} of {target:?} that its owner never published",
+                            "client {c} was handed one-time prekey {:?} of {target:?} that its owner never generated",
                             otk.id
                         )));
                     }
                 }
+                self.trace.line(now, format_args!("client {c} claimed {target:?}: {:?}", bundle.one_time_prekey.map(|k| k.id)));
                 self.observed.on_claim(target, bundle.one_time_prekey.map(|k| k.id), pool_empty)?;
             }
             ClientEvent::Failed { op, error } => {
                 let op_kind = self.clients[c].ops.remove(&op);
+                self.trace.line(now, format_args!("client {c} op {op_kind:?} failed: {error}"));
                 match (&op_kind, &error) {
                     (Some((Op::Register(_), _)), OpError::Command(CommandError::UsernameTaken)) => {
                         self.observed.on_taken();
@@ -1019,6 +1041,14 @@ impl DirSim {
                 self.clients[c].ops.insert(id, (op, self.now));
             }
             Err(_) => self.observed.refused_locally += 1,
+        }
+        // Keys are generated when a registration or publication is asked for.
+        let user = self.clients[c].user;
+        for pair in self.clients[c].client.one_time_prekeys() {
+            let key = pair.public_key();
+            if *self.generated.entry((user, pair.id())).or_insert(key) != key {
+                return Err(Violation(format!("client {c} reused one-time prekey id {:?}", pair.id())));
+            }
         }
         self.step_client(c, |_, _| {})
     }
@@ -1141,13 +1171,10 @@ impl DirSim {
                 }
             }
             ReplicaFrame::Response { id, result } => {
-                let Some((pending, kind)) = self.attacker.pending else {
-                    return Ok(());
-                };
-                if pending != id {
+                if !self.attacker.pending.as_ref().is_some_and(|(p, _)| *p == id) {
                     return Ok(());
                 }
-                self.attacker.pending = None;
+                let (_, kind) = self.attacker.pending.take().expect("checked");
                 if let AttackKind::Register(cmd) = &kind {
                     if let Ok(paloma_core::replica::protocol::Reply::Command(Ok(_))) = &result {
                         self.attacker.registered = Some((**cmd).clone());
@@ -1174,6 +1201,7 @@ impl DirSim {
                 self.attacker.counter += 1;
                 let body = attacker_register_body(identity, "mallory", 2);
                 let cmd = SignedCommand::sign(identity, self.attacker.counter, expires, body);
+                self.attacker.register_counters.push(self.attacker.counter);
                 self.attacker_request(
                     AttackKind::Register(Box::new(cmd.clone())),
                     Request::Command { session, seq: 1, command: cmd },
@@ -1205,12 +1233,25 @@ impl DirSim {
                 self.attacker_request(AttackKind::InvalidName, Request::Command { session, seq: 1, command: cmd });
             }
             A::Oversized => {
+                // More one-time prekeys than a pool may hold: published when registered, in a
+                // registration otherwise.
                 self.attacker.counter += 1;
-                let body = CommandBody::PublishOneTimePrekeys(
+                let keys: Vec<paloma_core::directory::OneTimePrekey> =
                     (0..=paloma_core::directory::command::ONE_TIME_PREKEYS_MAX as u32)
-                        .map(|i| paloma_core::directory::OneTimePrekey { id: paloma_core::session::PrekeyId(1000 + i), key: [9; 32] })
-                        .collect(),
-                );
+                        .map(|i| paloma_core::directory::OneTimePrekey {
+                            id: paloma_core::session::PrekeyId(1000 + i),
+                            key: [9; 32],
+                        })
+                        .collect();
+                let body = if self.attacker.registered.is_some() {
+                    CommandBody::PublishOneTimePrekeys(keys)
+                } else {
+                    let mut body = attacker_register_body(identity, "mallory", 3);
+                    if let CommandBody::Register { one_time_prekeys, .. } = &mut body {
+                        *one_time_prekeys = keys;
+                    }
+                    body
+                };
                 let cmd = SignedCommand::sign(identity, self.attacker.counter, expires, body);
                 self.attacker_request(AttackKind::Oversized, Request::Command { session, seq: 1, command: cmd });
             }
@@ -1223,13 +1264,14 @@ impl DirSim {
         let leader = self.leader().ok_or_else(|| Violation("no leader after the healed phase".into()))?;
         let dir = self.nodes[&leader].replica.as_ref().expect("live").directory();
         self.observed.check_final(dir)?;
-        // The attacker changed nothing beyond its own registration.
+        // The attacker changed nothing beyond its own registration: its record's counter is the
+        // one of a registration it sent, not of any refused command.
         let attacker = self.attacker.identity.user_id();
         if let Some(record) = dir.user(&attacker) {
-            if record.counter != 1 {
+            if !self.attacker.register_counters.contains(&record.counter) {
                 return Err(Violation(format!(
-                    "the attacker's record reached counter {}: a refused command applied",
-                    record.counter
+                    "the attacker's record reached counter {} (its registrations used {:?}): a refused command applied",
+                    record.counter, self.attacker.register_counters
                 )));
             }
         }
