@@ -22,7 +22,7 @@ pub mod protocol;
 
 pub use presence::PresenceConfig;
 
-use crate::directory::{CommandBody, DirectoryEntry, Directory, Username};
+use crate::directory::{CommandBody, DirectoryEntry, Directory, Outcome, Username};
 use crate::ids::{ClientId, ConnId, LogIndex, NodeId, ReadId, RequestId, UserId};
 use crate::raft::io::{DropReason, Event, Input, Output, Proposal, Role, TimerKind};
 use crate::raft::storage::{PersistBatch, Recovered};
@@ -352,6 +352,9 @@ impl Replica {
             let p = self.pending.get(token).expect("deadline of a pending request");
             assert_eq!(p.deadline, *at);
             assert!(self.conns.get(p.conn).is_some(), "pending requests belong to open connections");
+        }
+        if let Some(lead) = &self.leader_presence {
+            lead.check_invariants();
         }
         assert_eq!(
             self.leader_presence.is_some(),
@@ -692,6 +695,12 @@ impl Replica {
                 if let Some(lead) = &mut self.leader_presence {
                     if *client == presence_client(self.node.id(), self.node.term(), self.presence_epoch) {
                         lead.in_flight.remove(seq);
+                    } else if let Ok(Ok(Outcome::Registered { user, .. })) =
+                        crate::directory::command::decode_result(response)
+                    {
+                        // A connected user may have registered (again): presence compares them
+                        // at the next flush rather than every user at every flush.
+                        lead.touch(user);
                     }
                 }
                 for origin in self.proposed.remove(&(*client, *seq)).unwrap_or_default() {
@@ -715,6 +724,7 @@ impl Replica {
                 if *client == presence_client(self.node.id(), self.node.term(), self.presence_epoch) {
                     if let Some(lead) = &mut self.leader_presence {
                         lead.in_flight.remove(seq);
+                        lead.reconcile_all_soon();
                     }
                     self.presence_epoch += 1;
                     self.presence_seq = 0;
@@ -730,21 +740,19 @@ impl Replica {
                     self.reply_origin(origin, error.clone());
                 }
             }
-            Event::ReadReady { id, .. } => {
-                if let Some(p) = self.pending.get(&id.0) {
-                    if p.waiting == Waiting::Read {
-                        let p = self.take_pending(id.0).expect("present");
-                        let user = self.conns.get(p.conn).and_then(|c| c.user);
-                        let key = p.lookup.expect("a read carries its key");
-                        let reply = self.lookup(&key, user.expect("logged in"), false);
-                        self.answer(p.conn, p.id, Ok(Reply::Lookup(reply)));
-                    }
-                }
+            Event::ReadReady { id, .. }
+                if self.pending.get(&id.0).is_some_and(|p| p.waiting == Waiting::Read) =>
+            {
+                let p = self.take_pending(id.0).expect("present");
+                let user = self.conns.get(p.conn).and_then(|c| c.user);
+                let key = p.lookup.expect("a read carries its key");
+                let reply = self.lookup(&key, user.expect("logged in"), false);
+                self.answer(p.conn, p.id, Ok(Reply::Lookup(reply)));
             }
-            Event::ReadFailed { id } => {
-                if self.pending.get(&id.0).is_some_and(|p| p.waiting == Waiting::Read) {
-                    self.fail(id.0, RequestError::ReadFailed);
-                }
+            Event::ReadFailed { id }
+                if self.pending.get(&id.0).is_some_and(|p| p.waiting == Waiting::Read) =>
+            {
+                self.fail(id.0, RequestError::ReadFailed);
             }
             Event::RoleChanged { role, leader, .. } => self.on_role(*role, *leader),
             _ => {}
@@ -755,7 +763,12 @@ impl Replica {
     fn on_role(&mut self, role: Role, leader: Option<NodeId>) {
         if role == Role::Leader {
             if self.leader_presence.is_none() {
-                self.leader_presence = Some(LeaderPresence::new(self.now.instant));
+                self.leader_presence = Some(LeaderPresence::new(
+                    &self.cfg.presence,
+                    self.now.instant,
+                    self.node.applied(),
+                    self.directory().restores(),
+                ));
                 self.presence_seq = 0;
                 // Ask every replica for its whole view; until the grace period ends no one is
                 // taken offline for lack of a report.
@@ -848,7 +861,12 @@ impl Replica {
         let Some(lead) = &mut self.leader_presence else {
             return;
         };
-        let batches = lead.batch(&self.cfg.presence, self.node.state_machine(), self.now);
+        let batches = lead.batch(
+            &self.cfg.presence,
+            self.node.state_machine(),
+            self.node.applied(),
+            self.now,
+        );
         let client = presence_client(self.node.id(), self.node.term(), self.presence_epoch);
         for batch in batches {
             let seq = self.presence_seq + 1;
@@ -865,8 +883,11 @@ impl Replica {
                     }
                 }
                 Err(err) => {
-                    // Back-pressure or a transfer: the next flush computes the difference again.
+                    // Back-pressure or a transfer: the next flush compares everyone again.
                     tracing::debug!(node = %self.node.id(), %err, "presence batch not proposed");
+                    if let Some(lead) = &mut self.leader_presence {
+                        lead.reconcile_all_soon();
+                    }
                     break;
                 }
             }

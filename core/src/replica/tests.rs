@@ -311,6 +311,32 @@ fn presence_goes_online_with_heartbeats_and_offline_within_the_bound() {
 }
 
 #[test]
+fn a_connected_user_who_registers_again_is_shown_online_again() {
+    // The leader compares only the users whose presence may have changed: a registration must
+    // count as such a change, or a connected user would stay offline until the next full pass.
+    let (mut c, leader, follower) = cluster();
+    let alice = identity(1);
+    let conn = logged_in(&mut c, follower, &alice);
+    register(&mut c, conn, &alice, "alice");
+    for _ in 0..30 {
+        c.advance(Duration::from_millis(100));
+    }
+    assert!(matches!(presence(&c, leader, &alice), Presence::Online { .. }));
+    let leave = SignedCommand::sign(&alice, 2, expires(&c), CommandBody::Deregister);
+    assert!(matches!(command(&mut c, conn, 2, 2, leave), Ok(Reply::Command(Ok(Outcome::Done)))));
+    let again = SignedCommand::sign(&alice, 3, expires(&c), register_body(&alice, "alice"));
+    assert!(matches!(command(&mut c, conn, 3, 3, again), Ok(Reply::Command(Ok(Outcome::Registered { .. })))));
+    for _ in 0..30 {
+        c.advance(Duration::from_millis(100));
+    }
+    assert!(
+        matches!(presence(&c, leader, &alice), Presence::Online { .. }),
+        "online again within a few flushes"
+    );
+    c.check_invariants();
+}
+
+#[test]
 fn a_leader_change_does_not_flip_everyone_offline() {
     let (mut c, leader, _) = cluster();
     let users: Vec<IdentityKeyPair> = (1..=4).map(identity).collect();

@@ -595,3 +595,46 @@ fn the_audit_trail_is_bounded_and_names_only_the_user_id() {
         .audit()
         .all(|r| r.kind == CommandKind::Malformed && r.user.is_none()));
 }
+
+#[test]
+fn an_unverified_registration_stores_the_record_a_signed_one_would() {
+    // The benchmark helper must build the same record (its memory figures rest on it) and keep
+    // every check but the signatures.
+    let mut h = Harness::new();
+    let mut alice = Client::new(1);
+    let body = alice.register("Alice", 10);
+    let cmd = alice.sign(h.expires(), body.clone());
+    assert!(matches!(
+        h.apply_bytes(&encode(&cmd)),
+        Ok(Outcome::Registered { .. })
+    ));
+    let mut dir = Directory::new();
+    let signer = alice.identity.public().signing_key;
+    let outcome = dir.register_unverified(&ctx(1, T0), signer, 1, &body);
+    assert_eq!(
+        outcome,
+        Ok(Outcome::Registered {
+            user: alice.user(),
+            registered_unix_ms: T0
+        })
+    );
+    assert_eq!(dir.user(&alice.user()), h.dir.user(&alice.user()));
+    assert_eq!(
+        dir.digest(),
+        h.dir.digest(),
+        "the same state, audit trail included"
+    );
+    dir.check_invariants();
+    assert_eq!(
+        dir.register_unverified(&ctx(1, T0), signer, 2, &body),
+        Err(CommandError::AlreadyRegistered)
+    );
+    assert_eq!(
+        dir.register_unverified(&ctx(1, T0), [7; 32], 1, &body),
+        Err(CommandError::UsernameTaken)
+    );
+    assert_eq!(
+        dir.register_unverified(&ctx(1, T0), [7; 32], 1, &CommandBody::Deregister),
+        Err(CommandError::Malformed)
+    );
+}
