@@ -30,7 +30,7 @@ use crate::raft::{Config, ProposeError, RaftNode, ReadError, StartError};
 use crate::rng::DetRng;
 use crate::time::{Instant, Now};
 use conns::{Conn, Conns};
-use presence::{LeaderPresence, Leases};
+use presence::{LeaderPresence, Leases, ReportTaken};
 use protocol::{
     ClientFrame, Consistency, ForwardResult, LookupKey, LookupReply, PeerFrame, Reply, ReplicaFrame,
     Request, RequestError,
@@ -403,7 +403,7 @@ impl Replica {
             } => {
                 let now = self.now.instant;
                 if let Some(lead) = &mut self.leader_presence {
-                    if !lead.report(from, full, number, online, offline, now) {
+                    if lead.report(from, full, number, online, offline, now) == ReportTaken::Gap {
                         self.stats.presence_resyncs += 1;
                         self.send_peer(from, &PeerFrame::PresenceResync);
                     }

@@ -207,6 +207,17 @@ impl Leases {
     }
 }
 
+/// What the leader made of a presence report.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ReportTaken {
+    /// Taken in order.
+    Applied,
+    /// Taken, but a delta before it was lost: ask for a full report.
+    Gap,
+    /// An old or repeated report: ignored.
+    Stale,
+}
+
 #[derive(Debug)]
 struct View {
     online: BTreeSet<UserId>,
@@ -288,7 +299,9 @@ impl LeaderPresence {
     }
 
     /// Takes a report from `from` (itself included). Reports are numbered per replica; an older
-    /// or repeated number is ignored (the network may duplicate and reorder).
+    /// or repeated number is ignored (the network may duplicate and reorder), and only a delta
+    /// that skips a number asks for a full report: answering duplicates with a resync would let a
+    /// duplicating network multiply reports without bound.
     pub(crate) fn report(
         &mut self,
         from: NodeId,
@@ -297,14 +310,14 @@ impl LeaderPresence {
         online: Vec<UserId>,
         offline: Vec<(UserId, u64)>,
         now: Instant,
-    ) -> bool {
+    ) -> ReportTaken {
         let view = self.views.entry(from).or_insert_with(|| View {
             online: BTreeSet::new(),
             number: 0,
             last_report: now,
         });
         if number <= view.number && view.number != 0 {
-            return false;
+            return ReportTaken::Stale;
         }
         // A delta is usable only if it follows the report taken last; otherwise ask for a full one.
         let follows = full || number == view.number + 1;
@@ -361,7 +374,11 @@ impl LeaderPresence {
             let seen = self.last_seen.entry(user).or_insert(at);
             *seen = (*seen).max(at);
         }
-        follows
+        if follows {
+            ReportTaken::Applied
+        } else {
+            ReportTaken::Gap
+        }
     }
 
     /// When the next batch may be proposed.
@@ -575,17 +592,16 @@ mod tests {
             LeaderPresence::new(&PresenceConfig::default(), Instant::ZERO, LogIndex(0), 0);
         let a = UserId([1; 32]);
         let now = Instant::ZERO;
-        assert!(leader.report(NodeId(2), true, 1, vec![a], vec![], now));
-        assert!(
-            !leader.report(NodeId(2), false, 1, vec![], vec![(a, 5)], now),
-            "a repeat is ignored"
+        let r = |l: &mut LeaderPresence, full, n, on: Vec<UserId>, off| l.report(NodeId(2), full, n, on, off, now);
+        assert_eq!(r(&mut leader, true, 1, vec![a], vec![]), ReportTaken::Applied);
+        assert_eq!(
+            r(&mut leader, false, 1, vec![], vec![(a, 5)]),
+            ReportTaken::Stale,
+            "a repeat is ignored, and asks for nothing"
         );
         assert_eq!(leader.online_count(), 1);
-        assert!(
-            !leader.report(NodeId(2), false, 3, vec![], vec![], now),
-            "2 was lost"
-        );
-        assert!(leader.report(NodeId(2), false, 4, vec![], vec![(a, 9)], now));
+        assert_eq!(r(&mut leader, false, 3, vec![], vec![]), ReportTaken::Gap, "2 was lost");
+        assert_eq!(r(&mut leader, false, 4, vec![], vec![(a, 9)]), ReportTaken::Applied);
         assert_eq!(leader.online_count(), 0);
     }
 }
