@@ -40,7 +40,15 @@ fn sweep_directory() {
         o.2,
         o.3
     );
-    assert!(failed.is_empty(), "{} seeds failed:\n{}", failed.len(), failed.join("\n"));
+    assert!(
+        failed.is_empty(),
+        "{} seeds failed:\n{}",
+        failed.len(),
+        failed.join("\n")
+    );
     // The sweep must exercise what it checks, or it proves nothing.
-    assert!(o.0 > 0 && o.1 > 0 && o.2 > 0 && o.3 > 0, "the workload did not reach every checker");
+    assert!(
+        o.0 > 0 && o.1 > 0 && o.2 > 0 && o.3 > 0,
+        "the workload did not reach every checker"
+    );
 }

@@ -13,6 +13,5 @@ pub use command::{
 };
 pub use state::{
     AuditRecord, Directory, Presence, UserRecord, UserView, AUDIT_RECORDS_MAX, PRESENCE_LOG_MAX,
-    SNAPSHOT_VERSION,
-    TOMBSTONES_MAX, USERS_MAX,
+    SNAPSHOT_VERSION, TOMBSTONES_MAX, USERS_MAX,
 };

@@ -462,13 +462,11 @@ impl StateMachine for Directory {
         self.prune_tombstones();
         let (user, kind, result) = match DirectoryEntry::decode(command) {
             Err(e) => (None, CommandKind::Malformed, Err(e)),
-            Ok(DirectoryEntry::Presence(batch)) => {
-                (
-                    None,
-                    CommandKind::Presence,
-                    self.apply_presence(ctx.index, &batch),
-                )
-            }
+            Ok(DirectoryEntry::Presence(batch)) => (
+                None,
+                CommandKind::Presence,
+                self.apply_presence(ctx.index, &batch),
+            ),
             Ok(DirectoryEntry::Signed(cmd)) => {
                 let kind = cmd.body.kind();
                 if cmd.verify() {

@@ -45,7 +45,10 @@ impl Conns {
     }
 
     pub(crate) fn login(&mut self, id: ConnId, user: UserId) {
-        let conn = self.conns.get_mut(&id).expect("logging in an open connection");
+        let conn = self
+            .conns
+            .get_mut(&id)
+            .expect("logging in an open connection");
         assert!(conn.user.is_none(), "a connection is bound to one user");
         conn.user = Some(user);
     }
@@ -97,10 +100,15 @@ impl Conns {
 
     pub(crate) fn check_invariants(&self, subscriptions_max: usize) {
         for (id, conn) in &self.conns {
-            assert!(conn.subscriptions.len() <= subscriptions_max, "{id:?}: subscriptions bounded");
+            assert!(
+                conn.subscriptions.len() <= subscriptions_max,
+                "{id:?}: subscriptions bounded"
+            );
             for subject in &conn.subscriptions {
                 assert!(
-                    self.subscribers.get(subject).is_some_and(|s| s.contains(id)),
+                    self.subscribers
+                        .get(subject)
+                        .is_some_and(|s| s.contains(id)),
                     "{id:?}: subscription indexed"
                 );
             }
@@ -109,7 +117,9 @@ impl Conns {
             assert!(!set.is_empty(), "no empty index sets");
             for id in set {
                 assert!(
-                    self.conns.get(id).is_some_and(|c| c.subscriptions.contains(subject)),
+                    self.conns
+                        .get(id)
+                        .is_some_and(|c| c.subscriptions.contains(subject)),
                     "index entry backed by a subscription"
                 );
             }

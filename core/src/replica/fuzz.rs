@@ -11,6 +11,13 @@ use crate::session::{Entropy, IdentityKeyPair};
 use crate::time::{Instant, Now};
 use std::time::Duration;
 
+/// The identity the fuzz harness logs in with (seed corpora sign commands with it, so they get
+/// past the signer check to the directory).
+#[must_use]
+pub fn fuzz_identity() -> IdentityKeyPair {
+    IdentityKeyPair::generate(&mut Fixed(3))
+}
+
 struct Fixed(u8);
 impl Entropy for Fixed {
     fn fill(&mut self, buf: &mut [u8]) {
@@ -25,8 +32,9 @@ impl Entropy for Fixed {
 /// the first byte is odd the connection first logs in properly, so frames reach the request paths
 /// (commands, lookups, subscriptions). The rest of the input is cut into frames by one length byte
 /// each; every third frame also arrives as a peer frame from a replica that is not a member.
-/// Invariants are checked after every step; nothing may panic.
-pub fn replica_client_frames(data: &[u8]) {
+/// Invariants are checked after every step; nothing may panic. Returns how many users the
+/// directory holds at the end (seed corpora check they reach it).
+pub fn replica_client_frames(data: &[u8]) -> usize {
     let cfg = ReplicaConfig {
         raft: Config {
             id: NodeId(1),
@@ -52,8 +60,7 @@ pub fn replica_client_frames(data: &[u8]) {
     let login_first = data.first().is_some_and(|b| b & 1 == 1);
     if login_first {
         if let Some(ReplicaFrame::Challenge { nonce, replica: id }) = challenge {
-            let identity = IdentityKeyPair::generate(&mut Fixed(3));
-            let frame = login(&identity, &nonce, id).encode();
+            let frame = login(&fuzz_identity(), &nonce, id).encode();
             replica.handle(now, ReplicaInput::Client { conn, frame });
             drain(&mut replica, now);
         }
@@ -89,9 +96,16 @@ pub fn replica_client_frames(data: &[u8]) {
         },
     );
     drain(&mut replica, now);
+    // Let a proposal commit and apply.
+    for _ in 0..4 {
+        tick(&mut now, Duration::from_millis(100));
+        replica.handle(now, ReplicaInput::Timeout);
+        drain(&mut replica, now);
+    }
     replica.handle(now, ReplicaInput::Disconnected(conn));
     drain(&mut replica, now);
     replica.check_invariants();
+    replica.directory().len()
 }
 
 /// Applies arbitrary bytes as directory entries (malformed ones must be refused and counted in the

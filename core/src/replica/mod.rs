@@ -22,7 +22,7 @@ pub mod protocol;
 
 pub use presence::PresenceConfig;
 
-use crate::directory::{CommandBody, DirectoryEntry, Directory, Outcome, Username};
+use crate::directory::{CommandBody, Directory, DirectoryEntry, Outcome, Username};
 use crate::ids::{ClientId, ConnId, LogIndex, NodeId, ReadId, RequestId, UserId};
 use crate::raft::io::{DropReason, Event, Input, Output, Proposal, Role, TimerKind};
 use crate::raft::storage::{PersistBatch, Recovered};
@@ -32,8 +32,8 @@ use crate::time::{Instant, Now};
 use conns::{Conn, Conns};
 use presence::{LeaderPresence, Leases, ReportTaken};
 use protocol::{
-    ClientFrame, Consistency, ForwardResult, LookupKey, LookupReply, PeerFrame, Reply, ReplicaFrame,
-    Request, RequestError,
+    ClientFrame, Consistency, ForwardResult, LookupKey, LookupReply, PeerFrame, ReplicaFrame,
+    Reply, Request, RequestError,
 };
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -227,7 +227,13 @@ impl Replica {
         seed: u64,
         now: Now,
     ) -> Result<Replica, StartError> {
-        let node = RaftNode::new(cfg.raft.clone(), recovered, Directory::new(), seed, now.instant)?;
+        let node = RaftNode::new(
+            cfg.raft.clone(),
+            recovered,
+            Directory::new(),
+            seed,
+            now.instant,
+        )?;
         let pushed_upto = node.applied();
         let pushed_restores = node.state_machine().restores();
         Ok(Replica {
@@ -346,12 +352,25 @@ impl Replica {
         self.directory().check_invariants();
         self.leases.check_invariants();
         self.conns.check_invariants(self.cfg.subscriptions_max);
-        assert_eq!(self.pending.len(), self.by_deadline.len(), "every request has a deadline");
-        assert!(self.pending.len() <= self.cfg.requests_max, "requests bounded");
+        assert_eq!(
+            self.pending.len(),
+            self.by_deadline.len(),
+            "every request has a deadline"
+        );
+        assert!(
+            self.pending.len() <= self.cfg.requests_max,
+            "requests bounded"
+        );
         for (at, token) in &self.by_deadline {
-            let p = self.pending.get(token).expect("deadline of a pending request");
+            let p = self
+                .pending
+                .get(token)
+                .expect("deadline of a pending request");
             assert_eq!(p.deadline, *at);
-            assert!(self.conns.get(p.conn).is_some(), "pending requests belong to open connections");
+            assert!(
+                self.conns.get(p.conn).is_some(),
+                "pending requests belong to open connections"
+            );
         }
         if let Some(lead) = &self.leader_presence {
             lead.check_invariants();
@@ -571,7 +590,14 @@ impl Replica {
     }
 
     /// Proposes here when leading, forwards to the leader otherwise.
-    fn submit_command(&mut self, conn: ConnId, id: RequestId, client: ClientId, seq: u64, entry: Vec<u8>) {
+    fn submit_command(
+        &mut self,
+        conn: ConnId,
+        id: RequestId,
+        client: ClientId,
+        seq: u64,
+        entry: Vec<u8>,
+    ) {
         let leader = self.node.leader();
         let waiting = Waiting::Command {
             client,
@@ -583,12 +609,10 @@ impl Replica {
         };
         match leader {
             None => self.fail(token, RequestError::NoLeader),
-            Some(leader) if leader == self.node.id() => {
-                match self.propose(client, seq, entry) {
-                    Ok(()) => self.track(client, seq, Origin::Local(token)),
-                    Err(error) => self.fail(token, error),
-                }
-            }
+            Some(leader) if leader == self.node.id() => match self.propose(client, seq, entry) {
+                Ok(()) => self.track(client, seq, Origin::Local(token)),
+                Err(error) => self.fail(token, error),
+            },
             Some(leader) => self.send_peer(
                 leader,
                 &PeerFrame::Forward {
@@ -609,7 +633,9 @@ impl Replica {
         } else {
             // Only signed commands come from clients; presence entries are the leader's own.
             match DirectoryEntry::decode(&entry) {
-                Ok(DirectoryEntry::Signed(_)) if entry.len() <= crate::directory::command::ENTRY_BYTES_MAX => {
+                Ok(DirectoryEntry::Signed(_))
+                    if entry.len() <= crate::directory::command::ENTRY_BYTES_MAX =>
+                {
                     self.propose(client, seq, entry)
                 }
                 _ => {
@@ -631,9 +657,9 @@ impl Replica {
     }
 
     fn on_forward_reply(&mut self, from: NodeId, token: u64, result: ForwardResult) {
-        let matches = self.pending.get(&token).is_some_and(|p| {
-            matches!(p.waiting, Waiting::Command { leader: Some(l), .. } if l == from)
-        });
+        let matches = self.pending.get(&token).is_some_and(
+            |p| matches!(p.waiting, Waiting::Command { leader: Some(l), .. } if l == from),
+        );
         if !matches {
             self.stats.forwards_unmatched += 1;
             return;
@@ -677,7 +703,8 @@ impl Replica {
                 Output::Persist(batch) => self.outputs.push_back(ReplicaOutput::Persist(batch)),
                 Output::Send(env) => {
                     let frame = PeerFrame::raft(&env).encode();
-                    self.outputs.push_back(ReplicaOutput::Peer { to: env.to, frame });
+                    self.outputs
+                        .push_back(ReplicaOutput::Peer { to: env.to, frame });
                 }
                 Output::Event(event) => self.on_event(event),
             }
@@ -693,7 +720,9 @@ impl Replica {
                 ..
             } => {
                 if let Some(lead) = &mut self.leader_presence {
-                    if *client == presence_client(self.node.id(), self.node.term(), self.presence_epoch) {
+                    if *client
+                        == presence_client(self.node.id(), self.node.term(), self.presence_epoch)
+                    {
                         lead.in_flight.remove(seq);
                     } else if let Ok(Ok(Outcome::Registered { user, .. })) =
                         crate::directory::command::decode_result(response)
@@ -721,7 +750,8 @@ impl Replica {
                 reason,
                 ..
             } => {
-                if *client == presence_client(self.node.id(), self.node.term(), self.presence_epoch) {
+                if *client == presence_client(self.node.id(), self.node.term(), self.presence_epoch)
+                {
                     if let Some(lead) = &mut self.leader_presence {
                         lead.in_flight.remove(seq);
                         lead.reconcile_all_soon();
@@ -732,16 +762,19 @@ impl Replica {
                 let error = match reason {
                     DropReason::SessionExpired => RequestError::SessionExpired,
                     DropReason::Stale => RequestError::Stale,
-                    DropReason::Truncated
-                    | DropReason::SnapshotInstalled
-                    | DropReason::Removed => RequestError::LeaderChanged,
+                    DropReason::Truncated | DropReason::SnapshotInstalled | DropReason::Removed => {
+                        RequestError::LeaderChanged
+                    }
                 };
                 for origin in self.proposed.remove(&(*client, *seq)).unwrap_or_default() {
                     self.reply_origin(origin, error.clone());
                 }
             }
             Event::ReadReady { id, .. }
-                if self.pending.get(&id.0).is_some_and(|p| p.waiting == Waiting::Read) =>
+                if self
+                    .pending
+                    .get(&id.0)
+                    .is_some_and(|p| p.waiting == Waiting::Read) =>
             {
                 let p = self.take_pending(id.0).expect("present");
                 let user = self.conns.get(p.conn).and_then(|c| c.user);
@@ -750,7 +783,10 @@ impl Replica {
                 self.answer(p.conn, p.id, Ok(Reply::Lookup(reply)));
             }
             Event::ReadFailed { id }
-                if self.pending.get(&id.0).is_some_and(|p| p.waiting == Waiting::Read) =>
+                if self
+                    .pending
+                    .get(&id.0)
+                    .is_some_and(|p| p.waiting == Waiting::Read) =>
             {
                 self.fail(id.0, RequestError::ReadFailed);
             }

@@ -592,16 +592,28 @@ mod tests {
             LeaderPresence::new(&PresenceConfig::default(), Instant::ZERO, LogIndex(0), 0);
         let a = UserId([1; 32]);
         let now = Instant::ZERO;
-        let r = |l: &mut LeaderPresence, full, n, on: Vec<UserId>, off| l.report(NodeId(2), full, n, on, off, now);
-        assert_eq!(r(&mut leader, true, 1, vec![a], vec![]), ReportTaken::Applied);
+        let r = |l: &mut LeaderPresence, full, n, on: Vec<UserId>, off| {
+            l.report(NodeId(2), full, n, on, off, now)
+        };
+        assert_eq!(
+            r(&mut leader, true, 1, vec![a], vec![]),
+            ReportTaken::Applied
+        );
         assert_eq!(
             r(&mut leader, false, 1, vec![], vec![(a, 5)]),
             ReportTaken::Stale,
             "a repeat is ignored, and asks for nothing"
         );
         assert_eq!(leader.online_count(), 1);
-        assert_eq!(r(&mut leader, false, 3, vec![], vec![]), ReportTaken::Gap, "2 was lost");
-        assert_eq!(r(&mut leader, false, 4, vec![], vec![(a, 9)]), ReportTaken::Applied);
+        assert_eq!(
+            r(&mut leader, false, 3, vec![], vec![]),
+            ReportTaken::Gap,
+            "2 was lost"
+        );
+        assert_eq!(
+            r(&mut leader, false, 4, vec![], vec![(a, 9)]),
+            ReportTaken::Applied
+        );
         assert_eq!(leader.online_count(), 0);
     }
 }

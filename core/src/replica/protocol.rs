@@ -139,7 +139,9 @@ pub enum RequestError {
     #[error("no leader is known; retry later")]
     NoLeader,
     /// Leadership changed while the request was in flight. *Outcome unknown.*
-    #[error("the leader changed while the request was in flight; retry with the same sequence number")]
+    #[error(
+        "the leader changed while the request was in flight; retry with the same sequence number"
+    )]
     LeaderChanged,
     /// The request did not finish in time. *Outcome unknown* for commands.
     #[error("the request timed out; retry with the same sequence number")]
@@ -224,8 +226,11 @@ pub fn verify_login(
     replica: NodeId,
 ) -> Option<UserId> {
     let key = ed25519_dalek::VerifyingKey::from_bytes(signer).ok()?;
-    key.verify_strict(&login_message(nonce, replica), &Signature::from_bytes(signature))
-        .ok()?;
+    key.verify_strict(
+        &login_message(nonce, replica),
+        &Signature::from_bytes(signature),
+    )
+    .ok()?;
     Some(UserId::from_signing_key(signer))
 }
 
@@ -271,7 +276,8 @@ fn decode_versioned<'a, T: Deserialize<'a>>(
     match bytes.split_first() {
         None => Err(FrameError::Empty),
         Some((&v, rest)) if v == version => {
-            let (value, tail) = postcard::take_from_bytes(rest).map_err(|_| FrameError::Malformed)?;
+            let (value, tail) =
+                postcard::take_from_bytes(rest).map_err(|_| FrameError::Malformed)?;
             if tail.is_empty() {
                 Ok(value)
             } else {
@@ -401,9 +407,15 @@ mod tests {
         let ClientFrame::Login { signer, signature } = login(&id, &nonce, NodeId(2)) else {
             panic!("login builds a Login frame");
         };
-        assert_eq!(verify_login(&signer, &signature, &nonce, NodeId(2)), Some(id.user_id()));
+        assert_eq!(
+            verify_login(&signer, &signature, &nonce, NodeId(2)),
+            Some(id.user_id())
+        );
         assert_eq!(verify_login(&signer, &signature, &nonce, NodeId(3)), None);
-        assert_eq!(verify_login(&signer, &signature, &[8u8; 32], NodeId(2)), None);
+        assert_eq!(
+            verify_login(&signer, &signature, &[8u8; 32], NodeId(2)),
+            None
+        );
     }
 
     #[test]
@@ -425,7 +437,10 @@ mod tests {
         long.push(1);
         assert_eq!(ClientFrame::decode(&long), Err(FrameError::Malformed));
         let huge = vec![CLIENT_PROTOCOL_VERSION; CLIENT_FRAME_BYTES_MAX + 1];
-        assert!(matches!(ClientFrame::decode(&huge), Err(FrameError::TooLarge { .. })));
+        assert!(matches!(
+            ClientFrame::decode(&huge),
+            Err(FrameError::TooLarge { .. })
+        ));
         let peer = PeerFrame::Presence {
             full: true,
             number: 3,

@@ -2,7 +2,7 @@
 
 use super::harness::LocalCluster;
 use super::protocol::{
-    login, ClientFrame, Consistency, LookupKey, Reply, ReplicaFrame, Request, RequestError,
+    login, ClientFrame, Consistency, LookupKey, ReplicaFrame, Reply, Request, RequestError,
 };
 use super::ReplicaConfig;
 use crate::directory::{
@@ -18,7 +18,10 @@ struct Seeded(u64);
 impl Entropy for Seeded {
     fn fill(&mut self, buf: &mut [u8]) {
         for b in buf {
-            self.0 = self.0.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+            self.0 = self
+                .0
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
             *b = (self.0 >> 56) as u8;
         }
     }
@@ -54,7 +57,9 @@ fn quiet() -> ReplicaConfig {
 
 fn cluster() -> (LocalCluster, NodeId, NodeId) {
     let mut c = LocalCluster::new(3, &quiet());
-    let leader = c.elect(Duration::from_secs(10)).expect("a leader within 10 s");
+    let leader = c
+        .elect(Duration::from_secs(10))
+        .expect("a leader within 10 s");
     let follower = c
         .replicas
         .keys()
@@ -79,7 +84,12 @@ fn logged_in(c: &mut LocalCluster, node: NodeId, id: &IdentityKeyPair) -> ConnId
     conn
 }
 
-fn request(c: &mut LocalCluster, conn: ConnId, id: u64, request: Request) -> Result<Reply, RequestError> {
+fn request(
+    c: &mut LocalCluster,
+    conn: ConnId,
+    id: u64,
+    request: Request,
+) -> Result<Reply, RequestError> {
     c.send_and_settle(
         conn,
         ClientFrame::Request {
@@ -102,7 +112,13 @@ fn request(c: &mut LocalCluster, conn: ConnId, id: u64, request: Request) -> Res
     panic!("no response to request {id}");
 }
 
-fn command(c: &mut LocalCluster, conn: ConnId, rid: u64, seq: u64, cmd: SignedCommand) -> Result<Reply, RequestError> {
+fn command(
+    c: &mut LocalCluster,
+    conn: ConnId,
+    rid: u64,
+    seq: u64,
+    cmd: SignedCommand,
+) -> Result<Reply, RequestError> {
     request(
         c,
         conn,
@@ -136,7 +152,10 @@ fn a_write_on_a_follower_is_forwarded_and_answered_on_the_clients_connection() {
     }
     for r in c.replicas.values() {
         let name = crate::directory::Username::parse("alice").unwrap();
-        assert_eq!(r.directory().lookup(&name).map(|u| u.user), Some(alice.user_id()));
+        assert_eq!(
+            r.directory().lookup(&name).map(|u| u.user),
+            Some(alice.user_id())
+        );
     }
     // A retry with the same (session, seq) is answered from the de-duplication table, not
     // applied again (it would say Replayed).
@@ -157,19 +176,33 @@ fn requests_before_login_bad_logins_and_foreign_signatures_are_refused() {
         key: LookupKey::Name("alice".into()),
         consistency: Consistency::Local,
     };
-    assert_eq!(request(&mut c, conn, 1, lookup), Err(RequestError::NotLoggedIn));
+    assert_eq!(
+        request(&mut c, conn, 1, lookup),
+        Err(RequestError::NotLoggedIn)
+    );
     // A signature over another replica's challenge does not log in here.
     c.send_and_settle(conn, login(&alice, &nonce, NodeId(replica.0 + 7)).encode());
     assert_eq!(c.take(conn), vec![ReplicaFrame::LoginFailed]);
     c.send_and_settle(conn, login(&alice, &nonce, replica).encode());
-    assert_eq!(c.take(conn), vec![ReplicaFrame::LoggedIn { user: alice.user_id() }]);
+    assert_eq!(
+        c.take(conn),
+        vec![ReplicaFrame::LoggedIn {
+            user: alice.user_id()
+        }]
+    );
     // Bob's command on Alice's connection.
     let bob = identity(2);
     let cmd = SignedCommand::sign(&bob, 1, expires(&c), register_body(&bob, "bob"));
-    assert_eq!(command(&mut c, conn, 2, 1, cmd), Err(RequestError::WrongSigner));
+    assert_eq!(
+        command(&mut c, conn, 2, 1, cmd),
+        Err(RequestError::WrongSigner)
+    );
     // An invalid username never reaches Raft.
     let cmd = SignedCommand::sign(&alice, 1, expires(&c), register_body(&alice, "no way"));
-    assert!(matches!(command(&mut c, conn, 3, 1, cmd), Err(RequestError::InvalidUsername(_))));
+    assert!(matches!(
+        command(&mut c, conn, 3, 1, cmd),
+        Err(RequestError::InvalidUsername(_))
+    ));
     // Garbage is answered and counted, and the connection keeps working.
     c.send_and_settle(conn, vec![1, 2, 3]);
     assert_eq!(c.take(conn), vec![ReplicaFrame::Malformed]);
@@ -177,7 +210,10 @@ fn requests_before_login_bad_logins_and_foreign_signatures_are_refused() {
     let before = c.replicas[&leader].node().commit();
     c.advance(Duration::from_millis(100));
     assert!(c.replicas[&leader].node().commit() >= before);
-    assert!(c.replicas[&leader].directory().is_empty(), "nothing was registered");
+    assert!(
+        c.replicas[&leader].directory().is_empty(),
+        "nothing was registered"
+    );
 }
 
 #[test]
@@ -186,7 +222,10 @@ fn a_replayed_or_tampered_command_is_refused_at_apply() {
     let alice = identity(1);
     let conn = logged_in(&mut c, leader, &alice);
     let cmd = SignedCommand::sign(&alice, 1, expires(&c), register_body(&alice, "alice"));
-    assert!(matches!(command(&mut c, conn, 1, 1, cmd.clone()), Ok(Reply::Command(Ok(_)))));
+    assert!(matches!(
+        command(&mut c, conn, 1, 1, cmd.clone()),
+        Ok(Reply::Command(Ok(_)))
+    ));
     // The same signed command in a new de-duplication session: the counter says replay.
     let replay = request(
         &mut c,
@@ -199,10 +238,21 @@ fn a_replayed_or_tampered_command_is_refused_at_apply() {
         },
     );
     assert!(
-        matches!(replay, Ok(Reply::Command(Err(CommandError::Replayed { counter: 1, last: 1 })))),
+        matches!(
+            replay,
+            Ok(Reply::Command(Err(CommandError::Replayed {
+                counter: 1,
+                last: 1
+            })))
+        ),
         "{replay:?}"
     );
-    let mut tampered = SignedCommand::sign(&alice, 2, expires(&c), CommandBody::UpdateAddresses(vec!["a:1".into()]));
+    let mut tampered = SignedCommand::sign(
+        &alice,
+        2,
+        expires(&c),
+        CommandBody::UpdateAddresses(vec!["a:1".into()]),
+    );
     tampered.body = CommandBody::UpdateAddresses(vec!["b:2".into()]);
     let answer = request(
         &mut c,
@@ -215,8 +265,15 @@ fn a_replayed_or_tampered_command_is_refused_at_apply() {
         },
     );
     assert_eq!(answer, Ok(Reply::Command(Err(CommandError::BadSignature))));
-    let record = c.replicas[&leader].directory().user(&alice.user_id()).unwrap().clone();
-    assert_eq!((record.counter, record.addresses.clone()), (1, vec!["10.0.0.1:7000".to_string()]));
+    let record = c.replicas[&leader]
+        .directory()
+        .user(&alice.user_id())
+        .unwrap()
+        .clone();
+    assert_eq!(
+        (record.counter, record.addresses.clone()),
+        (1, vec!["10.0.0.1:7000".to_string()])
+    );
 }
 
 #[test]
@@ -227,7 +284,10 @@ fn linearizable_lookups_on_a_follower_see_the_latest_write_and_local_ones_say_st
     let bob = identity(2);
     let reader = logged_in(&mut c, follower, &bob);
     let cmd = SignedCommand::sign(&alice, 1, expires(&c), register_body(&alice, "alice"));
-    assert!(matches!(command(&mut c, writer, 1, 1, cmd), Ok(Reply::Command(Ok(_)))));
+    assert!(matches!(
+        command(&mut c, writer, 1, 1, cmd),
+        Ok(Reply::Command(Ok(_)))
+    ));
     let lin = request(
         &mut c,
         reader,
@@ -282,14 +342,20 @@ fn presence_goes_online_with_heartbeats_and_offline_within_the_bound() {
     for _ in 0..40 {
         c.advance(Duration::from_millis(100));
     }
-    assert!(matches!(presence(&c, leader, &alice), Presence::Online { .. }));
+    assert!(matches!(
+        presence(&c, leader, &alice),
+        Presence::Online { .. }
+    ));
     // Heartbeats keep the lease for a minute.
     for _ in 0..6 {
         c.send(conn, ClientFrame::Heartbeat.encode());
         for _ in 0..100 {
             c.advance(Duration::from_millis(100));
         }
-        assert!(matches!(presence(&c, leader, &alice), Presence::Online { .. }));
+        assert!(matches!(
+            presence(&c, leader, &alice),
+            Presence::Online { .. }
+        ));
     }
     // Silence: offline within lease + report + flush (+ grace after a leader change; none here).
     let bound = quiet().presence.offline_bound();
@@ -297,7 +363,10 @@ fn presence_goes_online_with_heartbeats_and_offline_within_the_bound() {
     while matches!(presence(&c, leader, &alice), Presence::Online { .. }) {
         c.advance(Duration::from_millis(100));
         waited += Duration::from_millis(100);
-        assert!(waited <= bound, "still online {waited:?} after the last heartbeat");
+        assert!(
+            waited <= bound,
+            "still online {waited:?} after the last heartbeat"
+        );
     }
     // Followers learn the commit with the next heartbeat.
     for _ in 0..5 {
@@ -321,11 +390,20 @@ fn a_connected_user_who_registers_again_is_shown_online_again() {
     for _ in 0..30 {
         c.advance(Duration::from_millis(100));
     }
-    assert!(matches!(presence(&c, leader, &alice), Presence::Online { .. }));
+    assert!(matches!(
+        presence(&c, leader, &alice),
+        Presence::Online { .. }
+    ));
     let leave = SignedCommand::sign(&alice, 2, expires(&c), CommandBody::Deregister);
-    assert!(matches!(command(&mut c, conn, 2, 2, leave), Ok(Reply::Command(Ok(Outcome::Done)))));
+    assert!(matches!(
+        command(&mut c, conn, 2, 2, leave),
+        Ok(Reply::Command(Ok(Outcome::Done)))
+    ));
     let again = SignedCommand::sign(&alice, 3, expires(&c), register_body(&alice, "alice"));
-    assert!(matches!(command(&mut c, conn, 3, 3, again), Ok(Reply::Command(Ok(Outcome::Registered { .. })))));
+    assert!(matches!(
+        command(&mut c, conn, 3, 3, again),
+        Ok(Reply::Command(Ok(Outcome::Registered { .. })))
+    ));
     for _ in 0..30 {
         c.advance(Duration::from_millis(100));
     }
@@ -340,7 +418,12 @@ fn a_connected_user_who_registers_again_is_shown_online_again() {
 fn a_leader_change_does_not_flip_everyone_offline() {
     let (mut c, leader, _) = cluster();
     let users: Vec<IdentityKeyPair> = (1..=4).map(identity).collect();
-    let others: Vec<NodeId> = c.replicas.keys().copied().filter(|id| *id != leader).collect();
+    let others: Vec<NodeId> = c
+        .replicas
+        .keys()
+        .copied()
+        .filter(|id| *id != leader)
+        .collect();
     let mut conns = Vec::new();
     for (i, id) in users.iter().enumerate() {
         let node = others[i % 2];
@@ -352,7 +435,10 @@ fn a_leader_change_does_not_flip_everyone_offline() {
         c.advance(Duration::from_millis(100));
     }
     for id in &users {
-        assert!(matches!(presence(&c, others[0], id), Presence::Online { .. }));
+        assert!(matches!(
+            presence(&c, others[0], id),
+            Presence::Online { .. }
+        ));
     }
     // The leader dies; its peers elect another.
     c.replicas.remove(&leader);
@@ -375,7 +461,10 @@ fn a_leader_change_does_not_flip_everyone_offline() {
             }
         }
     }
-    assert!(c.replicas.values().any(|r| r.node().role() == Role::Leader), "a new leader");
+    assert!(
+        c.replicas.values().any(|r| r.node().role() == Role::Leader),
+        "a new leader"
+    );
 }
 
 #[test]
@@ -398,11 +487,16 @@ fn subscribers_see_presence_changes_only_when_visible() {
         .take(a)
         .into_iter()
         .filter_map(|f| match f {
-            ReplicaFrame::PresencePush { user, presence } if user == bob.user_id() => Some(presence),
+            ReplicaFrame::PresencePush { user, presence } if user == bob.user_id() => {
+                Some(presence)
+            }
             _ => None,
         })
         .collect();
-    assert!(pushes.iter().any(|p| matches!(p, Presence::Online { .. })), "{pushes:?}");
+    assert!(
+        pushes.iter().any(|p| matches!(p, Presence::Online { .. })),
+        "{pushes:?}"
+    );
     // Bob hides; then goes away: Alice hears nothing more.
     let hide = SignedCommand::sign(
         &bob,
@@ -413,12 +507,18 @@ fn subscribers_see_presence_changes_only_when_visible() {
             contacts: vec![],
         },
     );
-    assert!(matches!(command(&mut c, b, 6, 2, hide), Ok(Reply::Command(Ok(Outcome::Done)))));
+    assert!(matches!(
+        command(&mut c, b, 6, 2, hide),
+        Ok(Reply::Command(Ok(Outcome::Done)))
+    ));
     c.input(follower, super::ReplicaInput::Disconnected(b));
     for _ in 0..100 {
         c.advance(Duration::from_millis(100));
     }
-    assert!(matches!(presence(&c, leader, &bob), Presence::Offline { .. }));
+    assert!(matches!(
+        presence(&c, leader, &bob),
+        Presence::Offline { .. }
+    ));
     let late: Vec<ReplicaFrame> = c
         .take(a)
         .into_iter()
@@ -429,13 +529,18 @@ fn subscribers_see_presence_changes_only_when_visible() {
     let many = vec![bob.user_id(); quiet().subscriptions_max + 1];
     assert_eq!(
         request(&mut c, a, 7, Request::Subscribe(many)),
-        Err(RequestError::TooManySubscriptions { max: quiet().subscriptions_max })
+        Err(RequestError::TooManySubscriptions {
+            max: quiet().subscriptions_max
+        })
     );
 }
 
 #[test]
 fn fuzz_entry_points_survive_simple_inputs() {
-    super::fuzz::replica_client_frames(&[1, 3, 1, 2, 3, 0, 255]);
-    super::fuzz::replica_client_frames(&[0; 64]);
+    assert_eq!(
+        super::fuzz::replica_client_frames(&[1, 3, 1, 2, 3, 0, 255]),
+        0
+    );
+    assert_eq!(super::fuzz::replica_client_frames(&[0; 64]), 0);
     super::fuzz::directory_entries(&[2, 1, 0, 0, 0, 0, 0, 0, 0, 9]);
 }

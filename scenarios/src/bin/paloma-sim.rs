@@ -269,7 +269,11 @@ fn dir_sweep(first: u64, count: u64, jobs: usize) -> bool {
     let mut failed = 0;
     for r in reports.iter().filter(|r| r.failure.is_some()) {
         failed += 1;
-        println!("FAIL {}\n  replay: {}", r.summary(), dirsim::replay_command(r.seed));
+        println!(
+            "FAIL {}\n  replay: {}",
+            r.summary(),
+            dirsim::replay_command(r.seed)
+        );
     }
     println!(
         "{count} seeds of directory in {wall:.1}s wall, {simulated:.0} simulated seconds ({:.0}x real time)",

@@ -14,9 +14,9 @@
 //!   each answered with their typed error (or a transient one under faults), never success.
 
 use paloma_core::directory::{CommandError, Directory, Outcome, SignedCommand};
+use paloma_core::raft::check::Violation;
 use paloma_core::replica::protocol::{Consistency, LookupReply, Reply, RequestError};
 use paloma_core::rng::DetRng;
-use paloma_core::raft::check::Violation;
 use paloma_core::session::PrekeyId;
 use paloma_core::UserId;
 use std::collections::{BTreeMap, BTreeSet};
@@ -76,17 +76,28 @@ impl Observed {
             .collect()
     }
 
-    pub(super) fn on_registered(&mut self, name: &str, user: UserId, at: u64) -> Result<(), Violation> {
+    pub(super) fn on_registered(
+        &mut self,
+        name: &str,
+        user: UserId,
+        at: u64,
+    ) -> Result<(), Violation> {
         self.registered += 1;
         let tenures = self.tenures.entry(name.to_string()).or_default();
-        if let Some(other) = tenures.iter().find(|t| t.released_from.is_none() && t.user != user) {
+        if let Some(other) = tenures
+            .iter()
+            .find(|t| t.released_from.is_none() && t.user != user)
+        {
             return Err(Violation(format!(
                 "@{name} acknowledged to {user:?} while {:?} holds it since {:.3}s (username uniqueness)",
                 other.user,
                 other.acked_at as f64 / 1e9
             )));
         }
-        if !tenures.iter().any(|t| t.user == user && t.released_from.is_none()) {
+        if !tenures
+            .iter()
+            .any(|t| t.user == user && t.released_from.is_none())
+        {
             tenures.push(Tenure {
                 user,
                 acked_at: at,
@@ -119,22 +130,28 @@ impl Observed {
         self.lookups += 1;
         if let Some(view) = &reply.user {
             if view.username.as_str() != name {
-                return Err(Violation(format!("a lookup of @{name} answered @{}", view.username)));
+                return Err(Violation(format!(
+                    "a lookup of @{name} answered @{}",
+                    view.username
+                )));
             }
             if view.identity.user_id() != view.user {
-                return Err(Violation(format!("@{name}: the record's key does not hash to its user id")));
+                return Err(Violation(format!(
+                    "@{name}: the record's key does not hash to its user id"
+                )));
             }
         }
         if consistency != Consistency::Linearizable {
             return Ok(());
         }
         if reply.possibly_stale {
-            return Err(Violation(format!("a linearizable lookup of @{name} was marked possibly stale")));
+            return Err(Violation(format!(
+                "a linearizable lookup of @{name} was marked possibly stale"
+            )));
         }
         let binding = self.tenures.get(name).and_then(|ts| {
-            ts.iter().find(|t| {
-                t.acked_at < issued && t.released_from.is_none_or(|r| r > completed)
-            })
+            ts.iter()
+                .find(|t| t.acked_at < issued && t.released_from.is_none_or(|r| r > completed))
         });
         if let Some(t) = binding {
             self.lookups_checked += 1;
@@ -188,7 +205,8 @@ impl Observed {
         dir.check_invariants();
         for (name, tenures) in &self.tenures {
             for t in tenures.iter().filter(|t| t.released_from.is_none()) {
-                let parsed = paloma_core::directory::Username::parse(name).expect("workload names are valid");
+                let parsed = paloma_core::directory::Username::parse(name)
+                    .expect("workload names are valid");
                 let holder = dir.lookup(&parsed).map(|r| r.user);
                 if holder != Some(t.user) {
                     return Err(Violation(format!(
@@ -219,8 +237,13 @@ impl Observed {
         }
         let expected = match kind {
             AttackKind::BeforeLogin => matches!(result, Err(RequestError::NotLoggedIn)),
-            AttackKind::Replay => matches!(result, Ok(Reply::Command(Err(CommandError::Replayed { .. })))),
-            AttackKind::Tampered => matches!(result, Ok(Reply::Command(Err(CommandError::BadSignature)))),
+            AttackKind::Replay => matches!(
+                result,
+                Ok(Reply::Command(Err(CommandError::Replayed { .. })))
+            ),
+            AttackKind::Tampered => {
+                matches!(result, Ok(Reply::Command(Err(CommandError::BadSignature))))
+            }
             AttackKind::OtherSigner => matches!(result, Err(RequestError::WrongSigner)),
             AttackKind::InvalidName => matches!(result, Err(RequestError::InvalidUsername(_))),
             // A registration whose first attempt's answer was lost may have applied: then the
@@ -235,9 +258,16 @@ impl Observed {
             _ => false,
         };
         if !expected {
-            return Err(Violation(format!("attack {kind:?} was answered {result:?}")));
+            return Err(Violation(format!(
+                "attack {kind:?} was answered {result:?}"
+            )));
         }
-        if matches!(result, Ok(Reply::Command(Ok(Outcome::Done | Outcome::Registered { .. })))) {
+        if matches!(
+            result,
+            Ok(Reply::Command(Ok(
+                Outcome::Done | Outcome::Registered { .. }
+            )))
+        ) {
             return Err(Violation(format!("attack {kind:?} succeeded")));
         }
         self.attacks_refused += 1;

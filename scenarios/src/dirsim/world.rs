@@ -13,9 +13,7 @@ use paloma_core::raft::{Config, Envelope};
 use paloma_core::replica::protocol::{
     ClientFrame, Consistency, LookupKey, PeerFrame, ReplicaFrame, Request,
 };
-use paloma_core::replica::{
-    PresenceConfig, Replica, ReplicaConfig, ReplicaInput, ReplicaOutput,
-};
+use paloma_core::replica::{PresenceConfig, Replica, ReplicaConfig, ReplicaInput, ReplicaOutput};
 use paloma_core::rng::DetRng;
 use paloma_core::session::{Entropy, IdentityKeyPair};
 use paloma_core::time::Now;
@@ -179,20 +177,51 @@ impl DirReport {
 
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Ev {
-    Peer { to: NodeId, frame: Vec<u8> },
-    ToReplica { node: NodeId, conn: ConnId, frame: Vec<u8> },
-    ToClient { conn: ConnId, frame: Vec<u8> },
-    Open { conn: ConnId },
-    Close { conn: ConnId },
-    NodeTimer { node: NodeId, generation: u64 },
-    ClientTimer { client: usize, generation: u64 },
-    DiskDone { node: NodeId, incarnation: u64 },
+    Peer {
+        to: NodeId,
+        frame: Vec<u8>,
+    },
+    ToReplica {
+        node: NodeId,
+        conn: ConnId,
+        frame: Vec<u8>,
+    },
+    ToClient {
+        conn: ConnId,
+        frame: Vec<u8>,
+    },
+    Open {
+        conn: ConnId,
+    },
+    Close {
+        conn: ConnId,
+    },
+    NodeTimer {
+        node: NodeId,
+        generation: u64,
+    },
+    ClientTimer {
+        client: usize,
+        generation: u64,
+    },
+    DiskDone {
+        node: NodeId,
+        incarnation: u64,
+    },
     Fault(usize),
-    Restart { node: NodeId },
+    Restart {
+        node: NodeId,
+    },
     EndChaos,
-    Act { client: usize },
-    Toggle { client: usize },
-    Reconnect { client: usize },
+    Act {
+        client: usize,
+    },
+    Toggle {
+        client: usize,
+    },
+    Reconnect {
+        client: usize,
+    },
     Attack,
 }
 
@@ -356,7 +385,8 @@ impl DirSim {
                     ..client_cfg.clone()
                 };
                 SimClient {
-                    client: Client::new(config, identity, Now::default()).expect("a valid client configuration"),
+                    client: Client::new(config, identity, Now::default())
+                        .expect("a valid client configuration"),
                     user,
                     conn: None,
                     wants_link: true,
@@ -466,7 +496,15 @@ impl DirSim {
                 let timers: Vec<String> = self
                     .nodes
                     .iter()
-                    .filter_map(|(id, n)| Some(format!("{id}: {:?} (role {:?}, node now {:?}, local now {:?})", n.replica.as_ref()?.poll_timeout(), n.replica.as_ref()?.node().role(), n.replica.as_ref()?.node().now(), n.clock.local_nanos(at))))
+                    .filter_map(|(id, n)| {
+                        Some(format!(
+                            "{id}: {:?} (role {:?}, node now {:?}, local now {:?})",
+                            n.replica.as_ref()?.poll_timeout(),
+                            n.replica.as_ref()?.node().role(),
+                            n.replica.as_ref()?.node().now(),
+                            n.clock.local_nanos(at)
+                        ))
+                    })
                     .collect();
                 return Err(Violation(format!(
                     "100,000 events at one instant {at} (last {ev:?}): a timer that never clears; timers {timers:?}"
@@ -492,21 +530,31 @@ impl DirSim {
                 self.step_replica(to, |r, now| {
                     // The sender is the first byte pair of the route (see `send_peer`).
                     let (from, frame) = split_from(&from_frame);
-                    r.handle(now, ReplicaInput::Peer { from, frame: frame.to_vec() });
+                    r.handle(
+                        now,
+                        ReplicaInput::Peer {
+                            from,
+                            frame: frame.to_vec(),
+                        },
+                    );
                 })
             }
             Ev::ToReplica { node, conn, frame } => {
                 if !self.links.get(&conn).is_some_and(|l| l.node == node) {
                     return Ok(());
                 }
-                self.step_replica(node, |r, now| r.handle(now, ReplicaInput::Client { conn, frame }))
+                self.step_replica(node, |r, now| {
+                    r.handle(now, ReplicaInput::Client { conn, frame })
+                })
             }
             Ev::ToClient { conn, frame } => {
                 let Some(link) = self.links.get(&conn).copied() else {
                     return Ok(());
                 };
                 match link.end {
-                    End::Client(c) => self.step_client(c, |cl, now| cl.handle(now, ClientInput::Frame(frame))),
+                    End::Client(c) => {
+                        self.step_client(c, |cl, now| cl.handle(now, ClientInput::Frame(frame)))
+                    }
                     End::Attacker => self.attacker_frame(conn, &frame),
                 }
             }
@@ -517,10 +565,14 @@ impl DirSim {
                 if self.nodes[&link.node].replica.is_none() {
                     return self.close(conn);
                 }
-                self.step_replica(link.node, |r, now| r.handle(now, ReplicaInput::Connected(conn)))?;
+                self.step_replica(link.node, |r, now| {
+                    r.handle(now, ReplicaInput::Connected(conn))
+                })?;
                 if let End::Client(c) = link.end {
                     let node = link.node;
-                    self.step_client(c, |cl, now| cl.handle(now, ClientInput::Connected { replica: node }))?;
+                    self.step_client(c, |cl, now| {
+                        cl.handle(now, ClientInput::Connected { replica: node })
+                    })?;
                 }
                 Ok(())
             }
@@ -591,11 +643,16 @@ impl DirSim {
             ..ReplicaConfig::default()
         };
         let seed = self.cfg.seed ^ (id.0 << 48) ^ (n.incarnation << 32);
-        n.replica = Some(Replica::new(cfg, n.disk.clone(), seed, now).expect("recovered state is valid"));
+        n.replica =
+            Some(Replica::new(cfg, n.disk.clone(), seed, now).expect("recovered state is valid"));
         self.arm_node(id);
     }
 
-    fn step_replica(&mut self, id: NodeId, f: impl FnOnce(&mut Replica, Now)) -> Result<(), Violation> {
+    fn step_replica(
+        &mut self,
+        id: NodeId,
+        f: impl FnOnce(&mut Replica, Now),
+    ) -> Result<(), Violation> {
         let now = self.local_now(id);
         let Some(replica) = self.nodes.get_mut(&id).expect("node").replica.as_mut() else {
             return Ok(());
@@ -632,7 +689,11 @@ impl DirSim {
     }
 
     fn arm_node(&mut self, id: NodeId) {
-        let Some((deadline, _)) = self.nodes[&id].replica.as_ref().and_then(Replica::poll_timeout) else {
+        let Some((deadline, _)) = self.nodes[&id]
+            .replica
+            .as_ref()
+            .and_then(Replica::poll_timeout)
+        else {
             return;
         };
         let at = self.nodes[&id].clock.global_nanos(deadline).max(self.now);
@@ -644,14 +705,21 @@ impl DirSim {
         n.timer_at = Some(at);
         n.timer_generation += 1;
         let generation = n.timer_generation;
-        self.schedule(at, Ev::NodeTimer { node: id, generation });
+        self.schedule(
+            at,
+            Ev::NodeTimer {
+                node: id,
+                generation,
+            },
+        );
     }
 
     fn send_peer(&mut self, from: NodeId, to: NodeId, frame: Vec<u8>) -> Result<(), Violation> {
         self.report.messages.0 += 1;
         // The boundary: what a Raft message promises must already be on the sender's disk.
         if let Ok(PeerFrame::Raft(bytes)) = PeerFrame::decode(&frame) {
-            let env = Envelope::decode(&bytes, usize::MAX).map_err(|e| Violation(format!("{from} sent an undecodable Raft frame: {e}")))?;
+            let env = Envelope::decode(&bytes, usize::MAX)
+                .map_err(|e| Violation(format!("{from} sent an undecodable Raft frame: {e}")))?;
             self.checker.observe_send(&env, &self.nodes[&from].disk)?;
         }
         if self.blocked.contains(&(from, to)) || !self.nodes.contains_key(&to) {
@@ -664,7 +732,11 @@ impl DirSim {
             self.report.messages.1 += 1;
             return Ok(());
         }
-        let copies = if lossy && self.net_rng.below(1_000_000) < u64::from(f.dup_ppm) { 2 } else { 1 };
+        let copies = if lossy && self.net_rng.below(1_000_000) < u64::from(f.dup_ppm) {
+            2
+        } else {
+            1
+        };
         self.report.messages.2 += copies - 1;
         let routed = with_from(from, &frame);
         for _ in 0..copies {
@@ -674,7 +746,13 @@ impl DirSim {
                 delay += self.net_rng.below(dur_nanos(f.spike_max).max(1));
             }
             let at = self.now + delay;
-            self.schedule(at, Ev::Peer { to, frame: routed.clone() });
+            self.schedule(
+                at,
+                Ev::Peer {
+                    to,
+                    frame: routed.clone(),
+                },
+            );
         }
         Ok(())
     }
@@ -683,7 +761,10 @@ impl DirSim {
         let f = &self.cfg.faults;
         let (lo, hi) = (dur_nanos(f.disk_latency_min), dur_nanos(f.disk_latency_max));
         let mut latency = lo + self.disk_rng.below(hi.saturating_sub(lo).max(1));
-        if f.disk_stall_ppm > 0 && !self.chaos_over && self.disk_rng.below(1_000_000) < u64::from(f.disk_stall_ppm) {
+        if f.disk_stall_ppm > 0
+            && !self.chaos_over
+            && self.disk_rng.below(1_000_000) < u64::from(f.disk_stall_ppm)
+        {
             latency += self.disk_rng.below(dur_nanos(f.disk_stall_max).max(1));
         }
         let n = self.nodes.get_mut(&id).expect("node");
@@ -691,7 +772,13 @@ impl DirSim {
         let done = (self.now + latency).max(n.busy_until);
         n.busy_until = done;
         let incarnation = n.incarnation;
-        self.schedule(done, Ev::DiskDone { node: id, incarnation });
+        self.schedule(
+            done,
+            Ev::DiskDone {
+                node: id,
+                incarnation,
+            },
+        );
     }
 
     fn disk_done(&mut self, id: NodeId, incarnation: u64) -> Result<(), Violation> {
@@ -707,7 +794,9 @@ impl DirSim {
         }
         let hs = n.disk.hard_state;
         self.checker.observe_durable(id, hs.term, hs.vote)?;
-        self.step_replica(id, |r, now| r.handle(now, ReplicaInput::Persisted(batch.seq)))
+        self.step_replica(id, |r, now| {
+            r.handle(now, ReplicaInput::Persisted(batch.seq))
+        })
     }
 
     fn crash(&mut self, id: NodeId) -> Result<(), Violation> {
@@ -731,9 +820,17 @@ impl DirSim {
         n.queue.clear();
         self.report.crashes += 1;
         self.checker.on_restart(id);
-        self.trace.line(self.now, format_args!("FAULT crash {id} (unsynced writes lost)"));
+        self.trace.line(
+            self.now,
+            format_args!("FAULT crash {id} (unsynced writes lost)"),
+        );
         // Its connections die with it.
-        let conns: Vec<ConnId> = self.links.iter().filter(|(_, l)| l.node == id).map(|(c, _)| *c).collect();
+        let conns: Vec<ConnId> = self
+            .links
+            .iter()
+            .filter(|(_, l)| l.node == id)
+            .map(|(c, _)| *c)
+            .collect();
         for conn in conns {
             self.close(conn)?;
         }
@@ -745,7 +842,8 @@ impl DirSim {
             return Ok(());
         }
         self.start_node(id);
-        self.trace.line(self.now, format_args!("FAULT restart {id}"));
+        self.trace
+            .line(self.now, format_args!("FAULT restart {id}"));
         self.step_replica(id, |_, _| {})
     }
 
@@ -801,8 +899,16 @@ impl DirSim {
     fn heal(&mut self) -> Result<(), Violation> {
         self.chaos_over = true;
         self.blocked.clear();
-        self.trace.line(self.now, format_args!("chaos over: network healed, every replica up"));
-        let down: Vec<NodeId> = self.nodes.iter().filter(|(_, n)| n.replica.is_none()).map(|(id, _)| *id).collect();
+        self.trace.line(
+            self.now,
+            format_args!("chaos over: network healed, every replica up"),
+        );
+        let down: Vec<NodeId> = self
+            .nodes
+            .iter()
+            .filter(|(_, n)| n.replica.is_none())
+            .map(|(id, _)| *id)
+            .collect();
         for id in down {
             self.restart(id)?;
         }
@@ -828,14 +934,27 @@ impl DirSim {
     // ----- connections ---------------------------------------------------------------------------
 
     fn open_link(&mut self, end: End, after: u64) -> Option<ConnId> {
-        let live: Vec<NodeId> = self.nodes.iter().filter(|(_, n)| n.replica.is_some()).map(|(id, _)| *id).collect();
+        let live: Vec<NodeId> = self
+            .nodes
+            .iter()
+            .filter(|(_, n)| n.replica.is_some())
+            .map(|(id, _)| *id)
+            .collect();
         if live.is_empty() {
             return None;
         }
         let node = live[self.work_rng.below(live.len() as u64) as usize];
         let conn = ConnId(self.next_conn);
         self.next_conn += 1;
-        self.links.insert(conn, Link { node, end, to_replica_at: 0, to_client_at: 0 });
+        self.links.insert(
+            conn,
+            Link {
+                node,
+                end,
+                to_replica_at: 0,
+                to_client_at: 0,
+            },
+        );
         self.schedule(self.now + after, Ev::Open { conn });
         Some(conn)
     }
@@ -886,7 +1005,9 @@ impl DirSim {
         let Some(link) = self.links.remove(&conn) else {
             return Ok(());
         };
-        self.step_replica(link.node, |r, now| r.handle(now, ReplicaInput::Disconnected(conn)))?;
+        self.step_replica(link.node, |r, now| {
+            r.handle(now, ReplicaInput::Disconnected(conn))
+        })?;
         match link.end {
             End::Client(c) => {
                 self.clients[c].conn = None;
@@ -929,7 +1050,13 @@ impl DirSim {
             let sc = &mut self.clients[c];
             sc.timer_generation += 1;
             let generation = sc.timer_generation;
-            self.schedule(at, Ev::ClientTimer { client: c, generation });
+            self.schedule(
+                at,
+                Ev::ClientTimer {
+                    client: c,
+                    generation,
+                },
+            );
         }
         Ok(())
     }
@@ -938,20 +1065,26 @@ impl DirSim {
         let now = self.now;
         match event {
             ClientEvent::LoggedIn { user } => {
-                self.trace.line(now, format_args!("client {c} ({user:?}) logged in"));
+                self.trace
+                    .line(now, format_args!("client {c} ({user:?}) logged in"));
                 if user != self.clients[c].user {
-                    return Err(Violation(format!("client {c} logged in as {user:?}, not itself")));
+                    return Err(Violation(format!(
+                        "client {c} logged in as {user:?}, not itself"
+                    )));
                 }
                 self.clients[c].logged_in_since = Some(now);
             }
             ClientEvent::Registered { op, user, .. } => {
                 let Some((Op::Register(name), _)) = self.clients[c].ops.remove(&op) else {
-                    return Err(Violation(format!("client {c}: Registered for an op that was no registration")));
+                    return Err(Violation(format!(
+                        "client {c}: Registered for an op that was no registration"
+                    )));
                 };
                 if user != self.clients[c].user {
                     return Err(Violation(format!("client {c} registered as someone else")));
                 }
-                self.trace.line(now, format_args!("client {c} registered @{name}"));
+                self.trace
+                    .line(now, format_args!("client {c} registered @{name}"));
                 self.observed.on_registered(&name, user, now)?;
                 self.clients[c].name = Some(name);
                 self.clients[c].registered_at = Some(now);
@@ -959,7 +1092,8 @@ impl DirSim {
             }
             ClientEvent::Done { op } => {
                 if let Some((Op::Deregister, _)) = self.clients[c].ops.remove(&op) {
-                    self.trace.line(now, format_args!("client {c} deregistered"));
+                    self.trace
+                        .line(now, format_args!("client {c} deregistered"));
                     let user = self.clients[c].user;
                     self.observed.on_deregistered(user, now);
                     self.clients[c].name = None;
@@ -967,13 +1101,22 @@ impl DirSim {
                 }
             }
             ClientEvent::LookedUp { op, reply } => {
-                if let Some((Op::Lookup(name, consistency), issued)) = self.clients[c].ops.remove(&op) {
-                    self.observed.on_lookup(&name, consistency, issued, now, &reply)?;
+                if let Some((Op::Lookup(name, consistency), issued)) =
+                    self.clients[c].ops.remove(&op)
+                {
+                    self.observed
+                        .on_lookup(&name, consistency, issued, now, &reply)?;
                 }
             }
-            ClientEvent::BundleClaimed { op, bundle, pool_empty } => {
+            ClientEvent::BundleClaimed {
+                op,
+                bundle,
+                pool_empty,
+            } => {
                 let Some((Op::Claim(target), _)) = self.clients[c].ops.remove(&op) else {
-                    return Err(Violation(format!("client {c}: a bundle for an op that was no claim")));
+                    return Err(Violation(format!(
+                        "client {c}: a bundle for an op that was no claim"
+                    )));
                 };
                 // The one-time prekey must be one its owner generated (the owner may have
                 // dropped it since, after deregistering: `generated` remembers).
@@ -985,12 +1128,22 @@ impl DirSim {
                         )));
                     }
                 }
-                self.trace.line(now, format_args!("client {c} claimed {target:?}: {:?}", bundle.one_time_prekey.map(|k| k.id)));
-                self.observed.on_claim(target, bundle.one_time_prekey.map(|k| k.id), pool_empty)?;
+                self.trace.line(
+                    now,
+                    format_args!(
+                        "client {c} claimed {target:?}: {:?}",
+                        bundle.one_time_prekey.map(|k| k.id)
+                    ),
+                );
+                self.observed
+                    .on_claim(target, bundle.one_time_prekey.map(|k| k.id), pool_empty)?;
             }
             ClientEvent::Failed { op, error } => {
                 let op_kind = self.clients[c].ops.remove(&op);
-                self.trace.line(now, format_args!("client {c} op {op_kind:?} failed: {error}"));
+                self.trace.line(
+                    now,
+                    format_args!("client {c} op {op_kind:?} failed: {error}"),
+                );
                 match (&op_kind, &error) {
                     (Some((Op::Register(_), _)), OpError::Command(CommandError::UsernameTaken)) => {
                         self.observed.on_taken();
@@ -1024,13 +1177,25 @@ impl DirSim {
             }
             let name = self.names[self.work_rng.below(self.names.len() as u64) as usize].clone();
             // Case folding: `User3` and `user3` are one name.
-            let typed = if self.work_rng.below(4) == 0 { name.to_uppercase() } else { name.clone() };
-            let r = sc.client.register(now, &typed, vec![format!("10.0.0.{c}:7000")]);
+            let typed = if self.work_rng.below(4) == 0 {
+                name.to_uppercase()
+            } else {
+                name.clone()
+            };
+            let r = sc
+                .client
+                .register(now, &typed, vec![format!("10.0.0.{c}:7000")]);
             (Op::Register(name), r)
         } else if roll < 40 {
             let name = self.names[self.work_rng.below(self.names.len() as u64) as usize].clone();
-            let consistency = if self.work_rng.below(10) < 7 { Consistency::Linearizable } else { Consistency::Local };
-            let r = sc.client.lookup(now, LookupKey::Name(name.clone()), consistency);
+            let consistency = if self.work_rng.below(10) < 7 {
+                Consistency::Linearizable
+            } else {
+                Consistency::Local
+            };
+            let r = sc
+                .client
+                .lookup(now, LookupKey::Name(name.clone()), consistency);
             (Op::Lookup(name, consistency), r)
         } else if roll < 65 && !registered.is_empty() {
             let target = registered[self.work_rng.below(registered.len() as u64) as usize];
@@ -1067,7 +1232,10 @@ impl DirSim {
         for pair in self.clients[c].client.one_time_prekeys() {
             let key = pair.public_key();
             if *self.generated.entry((user, pair.id())).or_insert(key) != key {
-                return Err(Violation(format!("client {c} reused one-time prekey id {:?}", pair.id())));
+                return Err(Violation(format!(
+                    "client {c} reused one-time prekey id {:?}",
+                    pair.id()
+                )));
             }
         }
         self.step_client(c, |_, _| {})
@@ -1079,7 +1247,11 @@ impl DirSim {
         }
         let online = !self.clients[c].online;
         self.set_online(c, online)?;
-        let next = if online { 3_000 * MS + self.work_rng.below(10_000 * MS) } else { 1_000 * MS + self.work_rng.below(6_000 * MS) };
+        let next = if online {
+            3_000 * MS + self.work_rng.below(10_000 * MS)
+        } else {
+            1_000 * MS + self.work_rng.below(6_000 * MS)
+        };
         self.schedule(self.now + next, Ev::Toggle { client: c });
         Ok(())
     }
@@ -1091,11 +1263,13 @@ impl DirSim {
         self.clients[c].online = online;
         if online {
             self.clients[c].offline_since = None;
-            self.trace.line(self.now, format_args!("client {c} comes online"));
+            self.trace
+                .line(self.now, format_args!("client {c} comes online"));
             self.connect_client(c, MS);
         } else {
             self.clients[c].offline_since = Some(self.now);
-            self.trace.line(self.now, format_args!("client {c} goes offline"));
+            self.trace
+                .line(self.now, format_args!("client {c} goes offline"));
             if let Some(conn) = self.clients[c].conn {
                 self.close(conn)?;
             }
@@ -1133,7 +1307,8 @@ impl DirSim {
         if self.attacker.conn != Some(conn) {
             return Ok(());
         }
-        let frame = ReplicaFrame::decode(frame).map_err(|e| Violation(format!("replica sent an undecodable frame: {e}")))?;
+        let frame = ReplicaFrame::decode(frame)
+            .map_err(|e| Violation(format!("replica sent an undecodable frame: {e}")))?;
         match frame {
             ReplicaFrame::Challenge { nonce, replica } => {
                 let plan = Attack::pick(&mut self.work_rng, self.attacker.registered.is_some());
@@ -1141,11 +1316,18 @@ impl DirSim {
                     Attack::BeforeLogin => {
                         self.attacker_request(
                             AttackKind::BeforeLogin,
-                            Request::Lookup { key: LookupKey::Name("user0".into()), consistency: Consistency::Local },
+                            Request::Lookup {
+                                key: LookupKey::Name("user0".into()),
+                                consistency: Consistency::Local,
+                            },
                         );
                     }
                     Attack::BadLogin => {
-                        let mut login = paloma_core::replica::protocol::login(&self.attacker.identity, &nonce, NodeId(replica.0 + 1));
+                        let mut login = paloma_core::replica::protocol::login(
+                            &self.attacker.identity,
+                            &nonce,
+                            NodeId(replica.0 + 1),
+                        );
                         if let ClientFrame::Login { signature, .. } = &mut login {
                             signature[0] ^= 1;
                         }
@@ -1163,7 +1345,11 @@ impl DirSim {
                     }
                     Attack::LoggedIn(_) => {
                         self.attacker.pending = Some((RequestId(0), AttackKind::Login(plan)));
-                        let login = paloma_core::replica::protocol::login(&self.attacker.identity, &nonce, replica);
+                        let login = paloma_core::replica::protocol::login(
+                            &self.attacker.identity,
+                            &nonce,
+                            replica,
+                        );
                         self.attacker_send(&login);
                     }
                 }
@@ -1172,7 +1358,8 @@ impl DirSim {
                 if user != self.attacker.identity.user_id() {
                     return Err(Violation("the attacker logged in as someone else".into()));
                 }
-                if let Some((_, AttackKind::Login(Attack::LoggedIn(what)))) = self.attacker.pending {
+                if let Some((_, AttackKind::Login(Attack::LoggedIn(what)))) = self.attacker.pending
+                {
                     self.attacker_logged_in(what);
                 } else if let Some((_, AttackKind::BadLogin)) = self.attacker.pending {
                     return Err(Violation("a login with a bad signature succeeded".into()));
@@ -1191,7 +1378,12 @@ impl DirSim {
                 }
             }
             ReplicaFrame::Response { id, result } => {
-                if !self.attacker.pending.as_ref().is_some_and(|(p, _)| *p == id) {
+                if !self
+                    .attacker
+                    .pending
+                    .as_ref()
+                    .is_some_and(|(p, _)| *p == id)
+                {
                     return Ok(());
                 }
                 let (_, kind) = self.attacker.pending.take().expect("checked");
@@ -1224,56 +1416,112 @@ impl DirSim {
                 self.attacker.register_counters.push(self.attacker.counter);
                 self.attacker_request(
                     AttackKind::Register(Box::new(cmd.clone())),
-                    Request::Command { session, seq: 1, command: cmd },
+                    Request::Command {
+                        session,
+                        seq: 1,
+                        command: cmd,
+                    },
                 );
                 // Registration is set-up, not an attack.
                 self.observed.attacks_sent -= 1;
             }
             A::Replay => {
-                let cmd = self.attacker.registered.clone().expect("picked only once registered");
-                self.attacker_request(AttackKind::Replay, Request::Command { session, seq: 1, command: cmd });
+                let cmd = self
+                    .attacker
+                    .registered
+                    .clone()
+                    .expect("picked only once registered");
+                self.attacker_request(
+                    AttackKind::Replay,
+                    Request::Command {
+                        session,
+                        seq: 1,
+                        command: cmd,
+                    },
+                );
             }
             A::Tampered => {
                 self.attacker.counter += 1;
-                let mut cmd = SignedCommand::sign(identity, self.attacker.counter, expires, CommandBody::UpdateAddresses(vec!["10.9.9.9:1".into()]));
+                let mut cmd = SignedCommand::sign(
+                    identity,
+                    self.attacker.counter,
+                    expires,
+                    CommandBody::UpdateAddresses(vec!["10.9.9.9:1".into()]),
+                );
                 cmd.body = CommandBody::UpdateAddresses(vec!["10.6.6.6:1".into()]);
-                self.attacker_request(AttackKind::Tampered, Request::Command { session, seq: 1, command: cmd });
+                self.attacker_request(
+                    AttackKind::Tampered,
+                    Request::Command {
+                        session,
+                        seq: 1,
+                        command: cmd,
+                    },
+                );
             }
             A::OtherSigner => {
                 // Signed by the attacker, presented as a victim's: the replica refuses it.
                 self.attacker.counter += 1;
-                let mut cmd = SignedCommand::sign(identity, self.attacker.counter, expires, CommandBody::Deregister);
+                let mut cmd = SignedCommand::sign(
+                    identity,
+                    self.attacker.counter,
+                    expires,
+                    CommandBody::Deregister,
+                );
                 cmd.signer = [7u8; 32];
-                self.attacker_request(AttackKind::OtherSigner, Request::Command { session, seq: 1, command: cmd });
+                self.attacker_request(
+                    AttackKind::OtherSigner,
+                    Request::Command {
+                        session,
+                        seq: 1,
+                        command: cmd,
+                    },
+                );
             }
             A::InvalidName => {
                 self.attacker.counter += 1;
                 let body = attacker_register_body(identity, "No Way!", 1);
                 let cmd = SignedCommand::sign(identity, self.attacker.counter, expires, body);
-                self.attacker_request(AttackKind::InvalidName, Request::Command { session, seq: 1, command: cmd });
+                self.attacker_request(
+                    AttackKind::InvalidName,
+                    Request::Command {
+                        session,
+                        seq: 1,
+                        command: cmd,
+                    },
+                );
             }
             A::Oversized => {
                 // More one-time prekeys than a pool may hold: published when registered, in a
                 // registration otherwise.
                 self.attacker.counter += 1;
-                let keys: Vec<paloma_core::directory::OneTimePrekey> =
-                    (0..=paloma_core::directory::command::ONE_TIME_PREKEYS_MAX as u32)
-                        .map(|i| paloma_core::directory::OneTimePrekey {
-                            id: paloma_core::session::PrekeyId(1000 + i),
-                            key: [9; 32],
-                        })
-                        .collect();
+                let keys: Vec<paloma_core::directory::OneTimePrekey> = (0
+                    ..=paloma_core::directory::command::ONE_TIME_PREKEYS_MAX as u32)
+                    .map(|i| paloma_core::directory::OneTimePrekey {
+                        id: paloma_core::session::PrekeyId(1000 + i),
+                        key: [9; 32],
+                    })
+                    .collect();
                 let body = if self.attacker.registered.is_some() {
                     CommandBody::PublishOneTimePrekeys(keys)
                 } else {
                     let mut body = attacker_register_body(identity, "mallory", 3);
-                    if let CommandBody::Register { one_time_prekeys, .. } = &mut body {
+                    if let CommandBody::Register {
+                        one_time_prekeys, ..
+                    } = &mut body
+                    {
                         *one_time_prekeys = keys;
                     }
                     body
                 };
                 let cmd = SignedCommand::sign(identity, self.attacker.counter, expires, body);
-                self.attacker_request(AttackKind::Oversized, Request::Command { session, seq: 1, command: cmd });
+                self.attacker_request(
+                    AttackKind::Oversized,
+                    Request::Command {
+                        session,
+                        seq: 1,
+                        command: cmd,
+                    },
+                );
             }
         }
     }
@@ -1281,8 +1529,14 @@ impl DirSim {
     // ----- the end -------------------------------------------------------------------------------
 
     fn check_end(&mut self) -> Result<(), Violation> {
-        let leader = self.leader().ok_or_else(|| Violation("no leader after the healed phase".into()))?;
-        let dir = self.nodes[&leader].replica.as_ref().expect("live").directory();
+        let leader = self
+            .leader()
+            .ok_or_else(|| Violation("no leader after the healed phase".into()))?;
+        let dir = self.nodes[&leader]
+            .replica
+            .as_ref()
+            .expect("live")
+            .directory();
         self.observed.check_final(dir)?;
         // The attacker changed nothing beyond its own registration: its record's counter is the
         // one of a registration it sent, not of any refused command.
@@ -1299,7 +1553,9 @@ impl DirSim {
         let bound = dur_nanos(self.cfg.presence.offline_bound()) + 2_000 * MS;
         let end = self.now;
         for (c, sc) in self.clients.iter().enumerate() {
-            let Some(record) = dir.user(&sc.user) else { continue };
+            let Some(record) = dir.user(&sc.user) else {
+                continue;
+            };
             let shown = record.presence;
             if let Some(since) = sc.offline_since {
                 if end.saturating_sub(since) > bound && matches!(shown, Presence::Online { .. }) {
@@ -1333,7 +1589,11 @@ impl DirSim {
 
 fn attacker_register_body(identity: &IdentityKeyPair, name: &str, n: u32) -> CommandBody {
     let mut e = SeedEntropy(DetRng::fork(u64::from(n), "attacker-keys"));
-    let spk = paloma_core::session::SignedPrekeyPair::generate(identity, paloma_core::session::PrekeyId(1), &mut e);
+    let spk = paloma_core::session::SignedPrekeyPair::generate(
+        identity,
+        paloma_core::session::PrekeyId(1),
+        &mut e,
+    );
     CommandBody::Register {
         username: name.into(),
         identity_dh: identity.public().dh_key,
@@ -1356,5 +1616,8 @@ fn with_from(from: NodeId, frame: &[u8]) -> Vec<u8> {
 
 fn split_from(routed: &[u8]) -> (NodeId, &[u8]) {
     let (id, frame) = routed.split_at(8);
-    (NodeId(u64::from_le_bytes(id.try_into().expect("8 bytes"))), frame)
+    (
+        NodeId(u64::from_le_bytes(id.try_into().expect("8 bytes"))),
+        frame,
+    )
 }

@@ -1,0 +1,272 @@
+//! Replays the checked-in replica and directory fuzz corpora (`fuzz/corpus/replica_client_frames`,
+//! `fuzz/corpus/directory_entries`) through the entry points the cargo-fuzz targets call, so
+//! `cargo test` catches a regression without libFuzzer. Crashes found by fuzzing are added there.
+//!
+//! The seeds are written by `write_replica_seed_corpora` (ignored; run it with
+//! `cargo test -p paloma-core --test replica_fuzz_corpus -- --ignored write_replica_seed_corpora`):
+//! one valid frame of every client request kind signed by the harness's identity (so they pass
+//! login and the signer check and reach the directory), and directory entries of every kind.
+
+use paloma_core::directory::{
+    CommandBody, DirectoryEntry, OneTimePrekey, PresenceBatch, PresenceChange, SignedCommand,
+    SignedPrekey, Visibility,
+};
+use paloma_core::replica::fuzz::{directory_entries, fuzz_identity, replica_client_frames};
+use paloma_core::replica::protocol::{ClientFrame, Consistency, LookupKey, Request};
+use paloma_core::session::{Entropy, IdentityKeyPair, PrekeyId, SignedPrekeyPair};
+use paloma_core::{RequestId, UserId};
+use std::path::{Path, PathBuf};
+
+fn corpus_dir(target: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../fuzz/corpus")
+        .join(target)
+}
+
+fn corpus(target: &str) -> Vec<(String, Vec<u8>)> {
+    let dir = corpus_dir(target);
+    let mut files: Vec<(String, Vec<u8>)> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|entry| {
+            let path = entry.expect("dir entry").path();
+            let name = path
+                .file_name()
+                .expect("name")
+                .to_string_lossy()
+                .into_owned();
+            (name, std::fs::read(&path).expect("readable seed"))
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+struct Count(u8);
+impl Entropy for Count {
+    fn fill(&mut self, buf: &mut [u8]) {
+        for b in buf {
+            self.0 = self.0.wrapping_add(13);
+            *b = self.0;
+        }
+    }
+}
+
+fn register(id: &IdentityKeyPair, name: &str, pool: u32) -> CommandBody {
+    let spk = SignedPrekeyPair::generate(id, PrekeyId(1), &mut Count(5));
+    CommandBody::Register {
+        username: name.into(),
+        identity_dh: id.public().dh_key,
+        signed_prekey: SignedPrekey {
+            id: spk.id(),
+            key: spk.public_key(),
+            signature: spk.signature(),
+        },
+        one_time_prekeys: (0..pool)
+            .map(|i| OneTimePrekey {
+                id: PrekeyId(100 + i),
+                key: [i as u8; 32],
+            })
+            .collect(),
+        addresses: vec!["127.0.0.1:7000".into()],
+    }
+}
+
+/// Frames of every request kind, signed by the harness's identity.
+fn client_seeds() -> Vec<(&'static str, Vec<u8>)> {
+    let id = fuzz_identity();
+    let expires = 1_700_000_000_000 + 60_000;
+    let command = |seq: u64, body: CommandBody| {
+        ClientFrame::Request {
+            id: RequestId(seq),
+            request: Request::Command {
+                session: 1,
+                seq,
+                command: SignedCommand::sign(&id, seq, expires, body),
+            },
+        }
+        .encode()
+    };
+    vec![
+        ("register", command(1, register(&id, "fuzzer", 2))),
+        (
+            "register-bad-name",
+            command(1, register(&id, "Not Valid", 0)),
+        ),
+        (
+            "publish",
+            command(
+                2,
+                CommandBody::PublishOneTimePrekeys(vec![OneTimePrekey {
+                    id: PrekeyId(9),
+                    key: [1; 32],
+                }]),
+            ),
+        ),
+        (
+            "claim",
+            command(
+                3,
+                CommandBody::ClaimBundle {
+                    target: id.user_id(),
+                },
+            ),
+        ),
+        (
+            "addresses",
+            command(4, CommandBody::UpdateAddresses(vec!["10.0.0.9:1".into()])),
+        ),
+        (
+            "visibility",
+            command(
+                5,
+                CommandBody::SetVisibility {
+                    visibility: Visibility::Contacts,
+                    contacts: vec![UserId([3; 32])],
+                },
+            ),
+        ),
+        ("deregister", command(6, CommandBody::Deregister)),
+        (
+            "lookup-linearizable",
+            ClientFrame::Request {
+                id: RequestId(7),
+                request: Request::Lookup {
+                    key: LookupKey::Name("fuzzer".into()),
+                    consistency: Consistency::Linearizable,
+                },
+            }
+            .encode(),
+        ),
+        (
+            "lookup-local",
+            ClientFrame::Request {
+                id: RequestId(8),
+                request: Request::Lookup {
+                    key: LookupKey::Id(id.user_id()),
+                    consistency: Consistency::Local,
+                },
+            }
+            .encode(),
+        ),
+        (
+            "subscribe",
+            ClientFrame::Request {
+                id: RequestId(9),
+                request: Request::Subscribe(vec![id.user_id()]),
+            }
+            .encode(),
+        ),
+        ("heartbeat", ClientFrame::Heartbeat.encode()),
+    ]
+}
+
+fn directory_seeds() -> Vec<(&'static str, Vec<u8>)> {
+    let id = fuzz_identity();
+    let expires = 1_700_000_000_000 + 60_000;
+    let entry = |e: DirectoryEntry| {
+        let bytes = e.encode();
+        // The entry point reads one length byte (×4) before each entry.
+        let mut out = vec![u8::try_from(bytes.len().div_ceil(4)).expect("small entry")];
+        out.extend_from_slice(&bytes);
+        out.resize(1 + 4 * usize::from(out[0]), 0);
+        out
+    };
+    let register = entry(DirectoryEntry::Signed(SignedCommand::sign(
+        &id,
+        1,
+        expires,
+        register(&id, "fuzzer", 3),
+    )));
+    let claim = entry(DirectoryEntry::Signed(SignedCommand::sign(
+        &id,
+        2,
+        expires,
+        CommandBody::ClaimBundle {
+            target: id.user_id(),
+        },
+    )));
+    let presence = entry(DirectoryEntry::Presence(PresenceBatch {
+        changes: vec![
+            (id.user_id(), PresenceChange::Online),
+            (
+                UserId([1; 32]),
+                PresenceChange::Offline {
+                    last_seen_unix_ms: 5,
+                },
+            ),
+        ],
+    }));
+    vec![
+        ("register", register.clone()),
+        (
+            "register-claim-presence",
+            [register.clone(), claim, presence.clone()].concat(),
+        ),
+        ("presence", presence),
+        (
+            "garbage",
+            vec![4, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16],
+        ),
+    ]
+}
+
+#[test]
+fn replica_client_frames_corpus_replays() {
+    let seeds = corpus("replica_client_frames");
+    assert!(
+        seeds.len() >= 11,
+        "the seed corpus is missing: run write_replica_seed_corpora"
+    );
+    for (name, data) in seeds {
+        eprintln!("replica_client_frames/{name}");
+        let _users = replica_client_frames(&data);
+    }
+}
+
+#[test]
+fn directory_entries_corpus_replays() {
+    let seeds = corpus("directory_entries");
+    assert!(
+        seeds.len() >= 4,
+        "the seed corpus is missing: run write_replica_seed_corpora"
+    );
+    for (name, data) in seeds {
+        eprintln!("directory_entries/{name}");
+        directory_entries(&data);
+    }
+}
+
+#[test]
+fn the_seeds_reach_the_directory() {
+    // A signed registration as the whole input logs in first (its version byte is odd) and
+    // registers: the corpus reaches past login and the signer check.
+    let seeds = client_seeds();
+    let (_, register) = &seeds[0];
+    assert_eq!(
+        register[0] & 1,
+        1,
+        "the version byte makes the harness log in first"
+    );
+    assert_eq!(
+        replica_client_frames(register),
+        1,
+        "the seed registers its user"
+    );
+    // Garbage registers no one.
+    assert_eq!(replica_client_frames(&[1, 3, 1, 2, 3]), 0);
+}
+
+#[test]
+#[ignore = "writes the seed corpora into fuzz/corpus"]
+fn write_replica_seed_corpora() {
+    for (target, seeds) in [
+        ("replica_client_frames", client_seeds()),
+        ("directory_entries", directory_seeds()),
+    ] {
+        let dir = corpus_dir(target);
+        std::fs::create_dir_all(&dir).expect("corpus dir");
+        for (name, data) in seeds {
+            std::fs::write(dir.join(name), data).expect("write seed");
+        }
+    }
+}
