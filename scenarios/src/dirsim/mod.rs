@@ -54,20 +54,23 @@ pub fn replay_command(seed: u64) -> String {
 #[must_use]
 pub fn sweep(first: u64, count: u64, jobs: usize) -> Vec<DirReport> {
     let next = std::sync::atomic::AtomicU64::new(first);
-    let reports = std::sync::Mutex::new(Vec::new());
+    let (tx, rx) = std::sync::mpsc::channel();
     std::thread::scope(|s| {
         for _ in 0..jobs.max(1) {
-            s.spawn(|| loop {
+            let tx = tx.clone();
+            let next = &next;
+            s.spawn(move || loop {
                 let seed = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 if seed >= first + count {
                     break;
                 }
-                let report = run_one(DirConfig::new(seed));
-                reports.lock().expect("no poisoned lock").push(report);
+                tx.send(run_one(DirConfig::new(seed)))
+                    .expect("the receiver outlives the workers");
             });
         }
     });
-    let mut reports = reports.into_inner().expect("no poisoned lock");
+    drop(tx);
+    let mut reports: Vec<DirReport> = rx.into_iter().collect();
     reports.sort_by_key(|r| r.seed);
     reports
 }

@@ -540,7 +540,7 @@ impl DirSim {
                 })
             }
             Ev::ToReplica { node, conn, frame } => {
-                if !self.links.get(&conn).is_some_and(|l| l.node == node) {
+                if self.links.get(&conn).is_none_or(|l| l.node != node) {
                     return Ok(());
                 }
                 self.step_replica(node, |r, now| {
@@ -670,7 +670,7 @@ impl DirSim {
             match out {
                 ReplicaOutput::Persist(batch) => self.submit_disk(id, batch),
                 ReplicaOutput::Peer { to, frame } => self.send_peer(id, to, frame)?,
-                ReplicaOutput::Client { conn, frame } => self.to_client(conn, frame),
+                ReplicaOutput::Client { conn, frame } => self.send_to_client(conn, frame),
                 ReplicaOutput::Close(conn) => {
                     let at = self.now + MS;
                     self.schedule(at, Ev::Close { conn });
@@ -980,7 +980,7 @@ impl DirSim {
         lo + self.net_rng.below(hi.saturating_sub(lo).max(1))
     }
 
-    fn to_client(&mut self, conn: ConnId, frame: Vec<u8>) {
+    fn send_to_client(&mut self, conn: ConnId, frame: Vec<u8>) {
         let delay = self.link_delay();
         let Some(link) = self.links.get_mut(&conn) else {
             return;
@@ -990,7 +990,7 @@ impl DirSim {
         self.schedule(at, Ev::ToClient { conn, frame });
     }
 
-    fn to_replica(&mut self, conn: ConnId, frame: Vec<u8>) {
+    fn send_to_replica(&mut self, conn: ConnId, frame: Vec<u8>) {
         let delay = self.link_delay();
         let Some(link) = self.links.get_mut(&conn) else {
             return;
@@ -1031,7 +1031,7 @@ impl DirSim {
             match out {
                 ClientOutput::Send(frame) => {
                     if let Some(conn) = self.clients[c].conn {
-                        self.to_replica(conn, frame);
+                        self.send_to_replica(conn, frame);
                     }
                 }
                 ClientOutput::Reconnect => {
@@ -1291,7 +1291,7 @@ impl DirSim {
 
     fn attacker_send(&mut self, frame: &ClientFrame) {
         if let Some(conn) = self.attacker.conn {
-            self.to_replica(conn, frame.encode());
+            self.send_to_replica(conn, frame.encode());
         }
     }
 
@@ -1340,7 +1340,7 @@ impl DirSim {
                         self.attacker.pending = Some((RequestId(0), AttackKind::Garbage));
                         let junk = vec![0xA5u8; 20 * 1024];
                         if let Some(conn) = self.attacker.conn {
-                            self.to_replica(conn, junk);
+                            self.send_to_replica(conn, junk);
                         }
                     }
                     Attack::LoggedIn(_) => {
@@ -1378,12 +1378,7 @@ impl DirSim {
                 }
             }
             ReplicaFrame::Response { id, result } => {
-                if !self
-                    .attacker
-                    .pending
-                    .as_ref()
-                    .is_some_and(|(p, _)| *p == id)
-                {
+                if self.attacker.pending.as_ref().is_none_or(|(p, _)| *p != id) {
                     return Ok(());
                 }
                 let (_, kind) = self.attacker.pending.take().expect("checked");
