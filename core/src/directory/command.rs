@@ -312,7 +312,7 @@ fn signed_bytes(
     out
 }
 
-/// Presence transitions the leader commits in one entry (DESIGN: heartbeats are soft state; only
+/// Presence transitions the leader commits in one entry (README, "Presence": heartbeats are soft state; only
 /// transitions are replicated).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PresenceBatch {

@@ -1,4 +1,4 @@
-//! The composed replica (DESIGN §13): a [`RaftNode`] driving the [`Directory`], presence, and the
+//! The composed replica (ARCHITECTURE.md, `core/src/replica/`): a [`RaftNode`] driving the [`Directory`], presence, and the
 //! client protocol, behind the same driving contract as the node itself: feed one input with
 //! [`Replica::handle`], drain [`Replica::poll_output`] until `None`, sleep until
 //! [`Replica::poll_timeout`].

@@ -1,4 +1,4 @@
-//! Presence (DESIGN §4): heartbeats are soft state, only transitions are replicated.
+//! Presence (README, "Presence"): heartbeats are soft state, only transitions are replicated.
 //!
 //! - Every replica holds a *lease* per user logged in on one of its connections, renewed by each
 //!   heartbeat; it ends when the last connection closes or `lease` passes without a heartbeat.

@@ -346,7 +346,7 @@ pub enum PeerFrame {
         /// The answer.
         result: ForwardResult,
     },
-    /// A replica's view of who is connected to it (presence, DESIGN §4). `full` replaces the
+    /// A replica's view of who is connected to it (presence, `presence.rs`). `full` replaces the
     /// leader's view of this replica; otherwise `online`/`offline` are changes since the last
     /// report.
     Presence {
