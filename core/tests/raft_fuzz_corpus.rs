@@ -8,8 +8,10 @@
 //! that reach the follower's interesting paths (append, conflict and truncation, chunked snapshot,
 //! votes, leadership transfer, membership, reads), and a trace recorded from a scripted cluster.
 
+mod corpus;
 mod support;
 
+use corpus::{corpus, corpus_dir};
 use paloma_core::raft::fuzz::{raft_decode, raft_frames, LastCommand};
 use paloma_core::raft::io::{Input, Output, Role};
 use paloma_core::raft::message::{
@@ -20,33 +22,8 @@ use paloma_core::raft::state_machine::DedupTable;
 use paloma_core::raft::storage::Recovered;
 use paloma_core::raft::{Config, Entry, Membership, Payload, RaftNode, SnapshotMeta};
 use paloma_core::{ClientId, Instant, LogId, LogIndex, NodeId, ReadId, Term};
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 use support::{n, Cluster};
-
-fn corpus_dir(target: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../fuzz/corpus")
-        .join(target)
-}
-
-fn corpus(target: &str) -> Vec<(String, Vec<u8>)> {
-    let dir = corpus_dir(target);
-    let mut files: Vec<(String, Vec<u8>)> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .map(|entry| {
-            let path = entry.expect("dir entry").path();
-            let name = path
-                .file_name()
-                .expect("file name")
-                .to_string_lossy()
-                .into_owned();
-            (name, std::fs::read(&path).expect("readable seed"))
-        })
-        .collect();
-    files.sort();
-    files
-}
 
 #[test]
 fn replay_raft_frames_corpus() {
@@ -623,7 +600,9 @@ fn write_raft_seed_corpora() {
     let decode_dir = corpus_dir("raft_decode");
     std::fs::create_dir_all(&frames_dir).unwrap();
     std::fs::create_dir_all(&decode_dir).unwrap();
-    let write = |dir: &Path, name: &str, data: &[u8]| std::fs::write(dir.join(name), data).unwrap();
+    let write = |dir: &std::path::Path, name: &str, data: &[u8]| {
+        std::fs::write(dir.join(name), data).unwrap()
+    };
     for (name, env) in envelopes() {
         let frame = env.encode();
         write(&decode_dir, name, &frame);

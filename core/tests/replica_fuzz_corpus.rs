@@ -7,6 +7,10 @@
 //! one valid frame of every client request kind signed by the harness's identity (so they pass
 //! login and the signer check and reach the directory), and directory entries of every kind.
 
+mod corpus;
+
+use corpus::{corpus, corpus_dir};
+
 use paloma_core::directory::{
     CommandBody, DirectoryEntry, OneTimePrekey, PresenceBatch, PresenceChange, SignedCommand,
     SignedPrekey, Visibility,
@@ -15,31 +19,6 @@ use paloma_core::replica::fuzz::{directory_entries, fuzz_identity, replica_clien
 use paloma_core::replica::protocol::{ClientFrame, Consistency, LookupKey, Request};
 use paloma_core::session::{Entropy, IdentityKeyPair, PrekeyId, SignedPrekeyPair};
 use paloma_core::{RequestId, UserId};
-use std::path::{Path, PathBuf};
-
-fn corpus_dir(target: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../fuzz/corpus")
-        .join(target)
-}
-
-fn corpus(target: &str) -> Vec<(String, Vec<u8>)> {
-    let dir = corpus_dir(target);
-    let mut files: Vec<(String, Vec<u8>)> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .map(|entry| {
-            let path = entry.expect("dir entry").path();
-            let name = path
-                .file_name()
-                .expect("name")
-                .to_string_lossy()
-                .into_owned();
-            (name, std::fs::read(&path).expect("readable seed"))
-        })
-        .collect();
-    files.sort();
-    files
-}
 
 struct Count(u8);
 impl Entropy for Count {

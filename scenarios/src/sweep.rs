@@ -179,25 +179,30 @@ fn install_quiet_hook() {
 
 fn run_caught(cfg: SimConfig) -> (Report, Trace) {
     let seed = cfg.seed;
-    match catch_unwind(AssertUnwindSafe(|| Sim::new(cfg).run())) {
-        Ok(r) => r,
-        Err(panic) => {
-            let msg = panic
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_string()))
-                .unwrap_or_else(|| "panic".into());
-            let location = PANIC_LOCATION.with(|p| p.borrow().clone());
-            (
-                Report {
-                    seed,
-                    failure: Some(format!("panic{location}: {msg}")),
-                    ..Report::default()
-                },
-                Trace::default(),
-            )
-        }
-    }
+    catch_panic(|| Sim::new(cfg).run()).unwrap_or_else(|failure| {
+        (
+            Report {
+                seed,
+                failure: Some(failure),
+                ..Report::default()
+            },
+            Trace::default(),
+        )
+    })
+}
+
+/// Runs `f`, turning a panic (a broken assertion inside the core) into a failure line: the
+/// message, and where it happened when the quiet hook of [`run_one`] recorded it.
+pub fn catch_panic<R>(f: impl FnOnce() -> R) -> Result<R, String> {
+    catch_unwind(AssertUnwindSafe(f)).map_err(|panic| {
+        let msg = panic
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_string()))
+            .unwrap_or_else(|| "panic".into());
+        let location = PANIC_LOCATION.with(|p| p.borrow().clone());
+        format!("panic{location}: {msg}")
+    })
 }
 
 /// The command that replays `seed` (with an optional fault mask) and prints its trace.

@@ -2,7 +2,7 @@
 //! tombstones, a bounded audit trail and the directory's clock, changed only by applying
 //! committed [`DirectoryEntry`]s. Every replica applies the same entries in the same order, so
 //! everything here is deterministic: ordered maps only, no floats, and no time but the leader's
-//! stamp in each entry (Raft §5.4.3; STYLE.md, "Determinism hygiene").
+//! stamp in each entry (Raft §5.4.3; ARCHITECTURE.md, "Determinism").
 //!
 //! A refused command changes no user state: every handler checks everything first and mutates
 //! only once nothing can fail. Only the audit trail and the directory's clock move (and
@@ -33,7 +33,7 @@ pub const TOMBSTONES_MAX: usize = 65_536;
 /// Audit records kept (oldest dropped first). A record is under 100 bytes, so the trail adds at
 /// most about 1 MiB to every snapshot while covering the last 10,000 entries.
 pub const AUDIT_RECORDS_MAX: usize = 10_000;
-/// Version byte of [`Directory`]'s snapshot (STYLE.md, "Wire and storage formats are versioned").
+/// Version byte of [`Directory`]'s snapshot (ARCHITECTURE.md, "Versioned formats").
 pub const SNAPSHOT_VERSION: u8 = 1;
 
 /// A user's presence as the directory last committed it.
@@ -52,7 +52,7 @@ pub enum Presence {
 }
 
 /// Everything the directory holds about one user. Only [`Directory`] hands these out, and only
-/// by shared reference: the fields are public to read, not to edit.
+/// by `&` reference: the fields are public to read, not to edit.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UserRecord {
     /// The user: the hash of `identity.signing_key`.

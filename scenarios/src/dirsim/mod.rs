@@ -26,21 +26,11 @@ pub fn run(cfg: DirConfig) -> (DirReport, Trace) {
 #[must_use]
 pub fn run_one(cfg: DirConfig) -> DirReport {
     let seed = cfg.seed;
-    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(cfg).0)) {
-        Ok(report) => report,
-        Err(panic) => {
-            let msg = panic
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_string()))
-                .unwrap_or_else(|| "panic".into());
-            DirReport {
-                seed,
-                failure: Some(format!("panic: {msg}")),
-                ..DirReport::default()
-            }
-        }
-    }
+    crate::sweep::catch_panic(|| run(cfg).0).unwrap_or_else(|failure| DirReport {
+        seed,
+        failure: Some(failure),
+        ..DirReport::default()
+    })
 }
 
 /// The command that replays `seed` with its story.
