@@ -723,6 +723,42 @@ fn snapshot_chunked_install_resumes_after_lost_chunk() {
     assert_eq!(c.raft(n(3)).state_machine().commands.len(), 30);
 }
 
+/// The sorcerer's apprentice syndrome (RFC 1123 §4.2.3.1): the follower answers a duplicated
+/// chunk with where it stands, and a leader that sent the next chunk for every such answer ran one
+/// more stream of chunks per duplicate (found by the madsim replica scenario, seed 31: a 30 KB
+/// snapshot in 64 B chunks never completed). Only an acknowledgement that moves the transfer may
+/// send a chunk.
+#[test]
+fn snapshot_duplicated_chunks_do_not_start_more_streams() {
+    let mut c = lagging_follower_behind_snapshot();
+    let total = c.raft(n(1)).log().snapshot().data.len();
+    let mut duplicated = 0;
+    for _ in 0..50 {
+        c.tick(n(1));
+        while !c.net.is_empty() {
+            if matches!(c.net[0].body, Body::Snapshot(_)) && duplicated < 5 {
+                let copy = c.net[0].clone();
+                c.net.push_back(copy);
+                duplicated += 1;
+            }
+            c.deliver_at(0);
+        }
+        if c.raft(n(3)).stats().snapshots_installed > 0 {
+            break;
+        }
+    }
+    assert_eq!(duplicated, 5, "five chunks were duplicated");
+    assert_eq!(c.raft(n(3)).stats().snapshots_installed, 1);
+    let chunks = c.raft(n(1)).stats().snapshot_chunks_sent;
+    assert_eq!(
+        chunks,
+        total.div_ceil(64) as u64,
+        "every chunk exactly once: a duplicate starts no second stream"
+    );
+    c.settle();
+    c.assert_converged(n(1));
+}
+
 /// MIT 3D install-and-crash / etcd `TestSnapshotAbort`: a follower that crashes halfway through a
 /// chunked transfer asks the leader to restart it from offset zero, and still installs it.
 #[test]

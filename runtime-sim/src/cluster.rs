@@ -14,15 +14,18 @@
 
 use crate::clock::{DriftClock, DRIFT_PPM_MAX};
 use crate::disk::{CrashMode, CrashReport, SimDisk};
-use crate::node::{self, lock, Env, NodeSlot, Observer};
+use crate::node::{self, lock, Env, MakeSm, NodeSlot, Observer, SimMachine};
 use crate::trace::Trace;
 use madsim::net::NetSim;
 use madsim::rand::Rng as _;
 use madsim::runtime::{Handle, NodeHandle};
 use paloma_core::raft::io::Role;
 use paloma_core::raft::{Config, StateMachine, Status};
+use paloma_core::replica::ReplicaConfig;
 use paloma_core::{ClientId, NodeId};
-use paloma_runtime_tokio::driver::{ClientError, NodeHandle as Driven};
+use paloma_runtime_tokio::driver::{
+    ClientConn, ClientError, ConnError, NodeHandle as Driven, RaftMachine, ReplicaMachine,
+};
 use std::any::Any;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -86,17 +89,22 @@ impl SimConfig {
     }
 }
 
-/// A running simulated cluster. Share it between client tasks with an `Arc`.
-pub struct Cluster<S: StateMachine> {
-    env: Arc<Env<S>>,
-    slots: BTreeMap<NodeId, Arc<NodeSlot<S>>>,
+/// A simulated cluster of bare Raft nodes, each running state machine `S`.
+pub type Cluster<S> = SimCluster<RaftMachine<S>>;
+/// A simulated cluster of composed replicas (directory, presence, client protocol).
+pub type ReplicaCluster = SimCluster<ReplicaMachine>;
+
+/// A running simulated cluster of machines `M`. Share it between client tasks with an `Arc`.
+pub struct SimCluster<M: SimMachine> {
+    env: Arc<Env<M>>,
+    slots: BTreeMap<NodeId, Arc<NodeSlot<M>>>,
     handles: BTreeMap<NodeId, NodeHandle>,
     clogged: Mutex<BTreeSet<(NodeId, NodeId)>>,
     down: Mutex<BTreeSet<NodeId>>,
     crash_reports: Mutex<Vec<(NodeId, CrashReport)>>,
 }
 
-impl<S: StateMachine> std::fmt::Debug for Cluster<S> {
+impl<M: SimMachine> std::fmt::Debug for SimCluster<M> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Cluster")
             .field("nodes", &self.slots.keys().collect::<Vec<_>>())
@@ -104,8 +112,9 @@ impl<S: StateMachine> std::fmt::Debug for Cluster<S> {
     }
 }
 
-impl<S: StateMachine + Send + 'static> Cluster<S> {
-    /// Starts nodes `1..=n` as the voters of a new cluster, each with an empty disk.
+impl<S: StateMachine + Send + 'static> SimCluster<RaftMachine<S>> {
+    /// Starts nodes `1..=n` running `make_sm()` as the voters of a new cluster, each with an empty
+    /// disk.
     ///
     /// # Panics
     /// Outside a madsim runtime, or if `cfg` is invalid.
@@ -115,6 +124,70 @@ impl<S: StateMachine + Send + 'static> Cluster<S> {
         make_sm: impl Fn() -> S + Send + Sync + 'static,
         observer: Arc<dyn Observer<S>>,
     ) -> Cluster<S> {
+        let make: MakeSm<S> = Arc::new(make_sm);
+        SimCluster::launch(n, cfg, make, observer)
+    }
+}
+
+impl SimCluster<ReplicaMachine> {
+    /// Starts replicas `1..=n` as the voters of a new cluster, each with an empty disk;
+    /// `replica.raft` is replaced by `cfg.raft` (with each node's id).
+    ///
+    /// # Panics
+    /// Outside a madsim runtime, or if `cfg` is invalid.
+    pub fn start(
+        n: u64,
+        cfg: SimConfig,
+        replica: ReplicaConfig,
+        observer: Arc<dyn Observer<paloma_core::directory::Directory>>,
+    ) -> ReplicaCluster {
+        SimCluster::launch(n, cfg, replica, observer)
+    }
+
+    /// Opens a client connection to replica `id`.
+    ///
+    /// # Errors
+    /// [`ConnError::NodeDown`] while it is down, or a timeout.
+    pub async fn connect(&self, id: NodeId, timeout: Duration) -> Result<ClientConn, ConnError> {
+        let handle = lock(&self.slot(id).handle).clone();
+        match handle {
+            Some(h) => h.connect(timeout).await,
+            None => Err(ConnError::NodeDown),
+        }
+    }
+}
+
+impl SimCluster<ReplicaMachine> {
+    /// Runs `f` on running replica `id` between two of its inputs.
+    ///
+    /// # Errors
+    /// [`ConnError::NodeDown`] while it is down, or a timeout.
+    pub async fn query<R: Send + 'static>(
+        &self,
+        id: NodeId,
+        f: impl FnOnce(&paloma_core::replica::Replica) -> R + Send + 'static,
+        timeout: Duration,
+    ) -> Result<R, ConnError> {
+        let handle = lock(&self.slot(id).handle).clone();
+        match handle {
+            Some(h) => h.query(f, timeout).await,
+            None => Err(ConnError::NodeDown),
+        }
+    }
+}
+
+impl<M: SimMachine> SimCluster<M> {
+    /// Starts nodes `1..=n`, each an `M` built from `make`, as the voters of a new cluster, each
+    /// with an empty disk.
+    ///
+    /// # Panics
+    /// Outside a madsim runtime, or if `cfg` is invalid.
+    pub fn launch(
+        n: u64,
+        cfg: SimConfig,
+        make: M::Make,
+        observer: Arc<dyn Observer<M::Sm>>,
+    ) -> SimCluster<M> {
         assert!((1..=250).contains(&n), "1 to 250 nodes");
         assert!(cfg.drift_ppm_max.abs() <= DRIFT_PPM_MAX);
         assert!(!cfg.crash_modes.is_empty());
@@ -133,7 +206,7 @@ impl<S: StateMachine + Send + 'static> Cluster<S> {
             peers: ids.iter().map(|&id| (id, addr(id))).collect(),
             trace,
             observer,
-            make_sm: Arc::new(make_sm),
+            make,
             epoch,
             duplicate_ppm: Arc::new(AtomicU64::new(0)),
             durable: Arc::new(Mutex::new(BTreeMap::new())),
@@ -175,7 +248,7 @@ impl<S: StateMachine + Send + 'static> Cluster<S> {
             slots.insert(id, slot);
             handles.insert(id, h);
         }
-        Cluster {
+        SimCluster {
             env,
             slots,
             handles,
@@ -272,10 +345,20 @@ impl<S: StateMachine + Send + 'static> Cluster<S> {
         self.slot(id).clock.drift_ppm()
     }
 
-    fn slot(&self, id: NodeId) -> &Arc<NodeSlot<S>> {
+    fn slot(&self, id: NodeId) -> &Arc<NodeSlot<M>> {
         self.slots
             .get(&id)
             .unwrap_or_else(|| panic!("no node {id}"))
+    }
+
+    /// Asks `node` (the leader) to hand leadership to `to`, for any machine; whether it accepted
+    /// (`false` also when the machine has no such request, or `node` is down).
+    pub async fn try_transfer(&self, node: NodeId, to: NodeId, timeout: Duration) -> bool {
+        let handle = lock(&self.slot(node).handle).clone();
+        match handle {
+            Some(h) => M::transfer(&h, to, timeout).await,
+            None => false,
+        }
     }
 
     fn mid(&self, id: NodeId) -> madsim::task::NodeId {
@@ -425,7 +508,9 @@ impl<S: StateMachine + Send + 'static> Cluster<S> {
         ));
         self.slot(id).replay.store(count, Ordering::Relaxed);
     }
+}
 
+impl<S: StateMachine + Send + 'static> SimCluster<RaftMachine<S>> {
     // ----- clients ----------------------------------------------------------------------------
 
     /// The running node's handle.

@@ -22,10 +22,10 @@ pub mod cluster;
 mod node;
 
 #[cfg(madsim)]
-pub use cluster::{Cluster, SimConfig};
+pub use cluster::{Cluster, ReplicaCluster, SimCluster, SimConfig};
 pub use disk::{CrashMode, CrashReport, SimDisk, SimDiskBackend};
 #[cfg(madsim)]
-pub use node::{DurableImages, NoObserver, Observer};
-pub use paloma_runtime_tokio::ClientError;
+pub use node::{DurableImages, MakeSm, NoObserver, Observer, SimMachine};
+pub use paloma_runtime_tokio::{ClientConn, ClientError, ConnError, RaftMachine, ReplicaMachine};
 pub use paloma_runtime_tokio::{RedbStorage, StorageError};
 pub use trace::Trace;

@@ -158,9 +158,22 @@ impl<S: StateMachine> RaftNode<S> {
             self.stats.messages_stale += 1;
             return;
         }
-        if let ProgressState::Snapshot { offset, .. } = &mut pr.state {
-            *offset = ack.next_offset;
+        let ProgressState::Snapshot { offset, .. } = &mut pr.state else {
+            unreachable!("matched above");
+        };
+        // Only an acknowledgement that moves the transfer sends the next chunk: forward progress,
+        // or the follower's request to restart (it lost its partial copy). A duplicated or stale
+        // one (the follower also answers a duplicated chunk with where it stands) would otherwise
+        // start a second stream of chunks, and every later duplicate another: the sorcerer's
+        // apprentice syndrome of TFTP (RFC 1123 §4.2.3.1), seen here as a 30 KB snapshot in 64 B
+        // chunks never completing (madsim `replica_directory_under_chaos`, seed 31). A lost chunk
+        // is re-sent by the heartbeat after `append_timeout` (`replication.rs`).
+        let moves = ack.next_offset > *offset || (ack.next_offset == 0 && *offset != 0);
+        if !moves {
+            self.stats.messages_stale += 1;
+            return;
         }
+        *offset = ack.next_offset;
         self.send_snapshot_chunk(from);
     }
 

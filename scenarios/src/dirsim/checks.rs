@@ -67,7 +67,7 @@ pub struct Observed {
 impl Observed {
     /// Users whose registration is acknowledged and not being released (claim and subscribe
     /// targets).
-    pub(super) fn holders(&self) -> Vec<UserId> {
+    pub fn holders(&self) -> Vec<UserId> {
         self.tenures
             .values()
             .flatten()
@@ -76,12 +76,9 @@ impl Observed {
             .collect()
     }
 
-    pub(super) fn on_registered(
-        &mut self,
-        name: &str,
-        user: UserId,
-        at: u64,
-    ) -> Result<(), Violation> {
+    /// A registration of `name` by `user` was acknowledged at `at`: fails if another user holds an
+    /// acknowledged, unreleased registration of it (username uniqueness).
+    pub fn on_registered(&mut self, name: &str, user: UserId, at: u64) -> Result<(), Violation> {
         self.registered += 1;
         let tenures = self.tenures.entry(name.to_string()).or_default();
         if let Some(other) = tenures
@@ -107,7 +104,8 @@ impl Observed {
         Ok(())
     }
 
-    pub(super) fn on_deregistering(&mut self, user: UserId, at: u64) {
+    /// `user` started deregistering at `at`: from then on its name may be free.
+    pub fn on_deregistering(&mut self, user: UserId, at: u64) {
         for t in self.tenures.values_mut().flatten() {
             if t.user == user && t.released_from.is_none() {
                 t.released_from = Some(at);
@@ -115,11 +113,15 @@ impl Observed {
         }
     }
 
-    pub(super) fn on_deregistered(&mut self, user: UserId, at: u64) {
+    /// `user`'s deregistration was acknowledged at `at`.
+    pub fn on_deregistered(&mut self, user: UserId, at: u64) {
         self.on_deregistering(user, at);
     }
 
-    pub(super) fn on_lookup(
+    /// A lookup of `name` issued at `issued` was answered at `completed`: the answer must name the
+    /// user asked for under a key hashing to its id, and a linearizable one must see every
+    /// registration acknowledged before it was issued and not released before it completed.
+    pub fn on_lookup(
         &mut self,
         name: &str,
         consistency: Consistency,
@@ -168,7 +170,8 @@ impl Observed {
         Ok(())
     }
 
-    pub(super) fn on_claim(
+    /// A claim of `target`'s bundle answered: no one-time prekey is handed out twice.
+    pub fn on_claim(
         &mut self,
         target: UserId,
         one_time: Option<PrekeyId>,
@@ -193,15 +196,19 @@ impl Observed {
         Ok(())
     }
 
-    pub(super) fn on_taken(&mut self) {
+    /// A registration was refused because the name was taken.
+    pub fn on_taken(&mut self) {
         self.names_taken += 1;
     }
 
-    pub(super) fn on_failed(&mut self) {
+    /// An operation failed after the client's retries.
+    pub fn on_failed(&mut self) {
         self.failed += 1;
     }
 
-    pub(super) fn check_final(&self, dir: &Directory) -> Result<(), Violation> {
+    /// At the end, on a replica's directory: its invariants hold, and every acknowledged registration
+    /// not released is still there.
+    pub fn check_final(&self, dir: &Directory) -> Result<(), Violation> {
         dir.check_invariants();
         for (name, tenures) in &self.tenures {
             for t in tenures.iter().filter(|t| t.released_from.is_none()) {

@@ -9,7 +9,7 @@
 //! attacker sends forged, replayed, invalid and oversized requests and requests before login.
 //! The checkers ([`checks`]) run after every step and at the end.
 
-mod checks;
+pub mod checks;
 mod world;
 
 pub use world::{DirConfig, DirReport, DirSim};

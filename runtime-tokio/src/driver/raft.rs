@@ -1,89 +1,45 @@
-//! The production driver: one task that owns a [`RaftNode`] and loops exactly per the driving
-//! contract (ARCHITECTURE.md, "The driving contract"; `paloma_core`'s crate docs):
-//!
-//! 1. feed one input: a frame from the [`Transport`], a request from a [`NodeHandle`], the durable
-//!    `seq` published by the persistence task ([`crate::persist`]), or the expiry of
-//!    `poll_timeout`'s deadline;
-//! 2. drain `poll_output`: `Persist` goes to the persistence task's queue (the driver does not
-//!    wait for the fsync: input keeps flowing while a write is pending, and the core holds back
-//!    every message that depends on it), `Send` goes to the transport, `Event` answers clients;
-//! 3. let the [`Hooks`] look at the node, then wait for the next input or deadline.
-//!
-//! It is written against `tokio`, which is madsim's tokio under `--cfg madsim`: the simulated
-//! scenarios run this very loop, with a simulated transport, clock and disk behind the traits
-//! (`paloma-runtime-sim`). Every `select!` is `biased` (madsim replays a seed only if the choice
-//! among ready branches is deterministic).
+//! The driver's adapter for a bare [`RaftNode`]: proposals, reads, membership changes and
+//! transfers arrive from a [`NodeHandle`]; the adapter keeps their waiters and answers them from
+//! the node's events (every proposal ends in exactly one event, so no waiter is left behind).
+//! The loop itself is [`super::run_machine`]'s.
 
-use crate::persist::{self, Persister, QUEUE_BATCHES_MAX};
+use super::{run_machine, Action, Clock, DriverError, Hooks, Machine, Parts, RaftView, Transport};
+use crate::persist::Persister;
 use paloma_core::raft::io::{DropReason, Event, Input, Output, Proposal, Role};
 use paloma_core::raft::message::Envelope;
-use paloma_core::raft::storage::PersistBatch;
 use paloma_core::raft::{
     MembershipChange, MembershipError, ProposeError, RaftNode, ReadError, StateMachine,
     TransferError,
 };
+use paloma_core::time::Now;
 use paloma_core::{ClientId, Instant, LogIndex, NodeId, PersistSeq, ReadId};
 use std::any::Any;
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::time::Duration;
-use tokio::sync::{mpsc, oneshot, watch};
-
-/// Requests queued per node before a [`NodeHandle`] caller waits.
-pub const REQUESTS_MAX: usize = 1024;
+use tokio::sync::{mpsc, oneshot};
 /// Proposals and reads waiting for their outcome; beyond this a request is refused
 /// ([`ClientError::Busy`]), never queued without bound.
 pub const PENDING_MAX: usize = 4096;
 
-/// Where frames come from and go to. Sending is best effort (the core tolerates loss).
-pub trait Transport: Send + 'static {
-    /// Waits for the next frame and copies it into `buf`; returns its length, which may exceed
-    /// `buf.len()` if the frame was too long (the driver then counts it as malformed). Must be
-    /// cancel-safe: the driver drops the future when another input wins the `select!`.
-    fn recv(&mut self, buf: &mut [u8]) -> impl Future<Output = std::io::Result<usize>> + Send;
-    /// Sends one encoded envelope to `to`, best effort.
-    fn send(&mut self, to: NodeId, frame: &[u8]) -> impl Future<Output = ()> + Send;
-}
-
-/// The node's monotonic clock and its wall clock.
-pub trait Clock: Send + Sync + 'static {
-    /// Monotonic time since the node's epoch: what the core sees.
-    fn now(&self) -> Instant;
-    /// Milliseconds since the Unix epoch, stamped into entries by a leader.
-    fn unix_ms(&self) -> u64;
-    /// Resolves once `now()` has reached `deadline`.
-    fn sleep_until(&self, deadline: Instant) -> impl Future<Output = ()> + Send;
-}
-
-/// What a runtime watches: tracing in production, checkers and the trace in simulation. Every
-/// method has an empty default.
-pub trait Hooks<S: StateMachine>: Send + 'static {
-    /// The node drained its outputs after an input.
-    fn after_step(&mut self, _node: &RaftNode<S>) {}
-    /// A batch went to the persistence task.
-    fn persist_queued(&mut self, _batch: &PersistBatch) {}
-    /// An envelope is about to be sent.
-    fn sending(&mut self, _env: &Envelope) {}
-    /// The node reported an event (after the driver answered the clients waiting on it).
-    fn event(&mut self, _node: &RaftNode<S>, _event: &Event) {}
-    /// A client request was accepted by the core.
-    fn request(&mut self, _what: std::fmt::Arguments<'_>) {}
-}
-
-/// Hooks that log through `tracing` (production).
+/// Hooks that log through `tracing` (production), for any machine with a Raft node inside.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct TracingHooks;
 
-impl<S: StateMachine> Hooks<S> for TracingHooks {
-    fn event(&mut self, node: &RaftNode<S>, event: &Event) {
+impl<M: RaftView> Hooks<M> for TracingHooks {
+    fn note(&mut self, machine: &M, note: &M::Note) {
+        let Some(event) = M::raft_event(note) else {
+            return;
+        };
+        let node = machine.raft().id();
         match event {
             Event::RoleChanged { .. }
             | Event::Removed { .. }
             | Event::MembershipApplied { .. }
             | Event::TransferEnded { .. } => {
-                tracing::info!(node = %node.id(), ?event, "raft");
+                tracing::info!(%node, ?event, "raft");
             }
-            _ => tracing::trace!(node = %node.id(), ?event, "raft"),
+            _ => tracing::trace!(%node, ?event, "raft"),
         }
     }
 }
@@ -133,7 +89,21 @@ pub type Query<S> = Box<dyn FnOnce(&S) -> Answer + Send>;
 pub type Answer = Box<dyn Any + Send>;
 type ReplyTo<T> = oneshot::Sender<Result<T, ClientError>>;
 
-/// A request from the application to the node task.
+/// A request from the application to the node task, opaque outside the adapter (built by
+/// [`NodeHandle`]).
+pub struct RaftRequest<S>(Request<S>);
+
+impl<S> std::fmt::Debug for RaftRequest<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self.0 {
+            Request::Propose { .. } => "RaftRequest::Propose",
+            Request::Read { .. } => "RaftRequest::Read",
+            Request::Membership { .. } => "RaftRequest::Membership",
+            Request::Transfer { .. } => "RaftRequest::Transfer",
+        })
+    }
+}
+
 enum Request<S> {
     Propose {
         client: ClientId,
@@ -171,7 +141,7 @@ impl<S> Request<S> {
 /// The application's handle on a running node: cheap to clone, every call bounded by a timeout.
 #[derive(Debug)]
 pub struct NodeHandle<S> {
-    tx: mpsc::Sender<Request<S>>,
+    tx: mpsc::Sender<RaftRequest<S>>,
 }
 
 impl<S> Clone for NodeHandle<S> {
@@ -183,13 +153,19 @@ impl<S> Clone for NodeHandle<S> {
 }
 
 impl<S: StateMachine + 'static> NodeHandle<S> {
+    /// Wraps the sender returned by [`run_machine`] for a [`RaftMachine`] (what [`start`] does).
+    #[must_use]
+    pub fn new(tx: mpsc::Sender<RaftRequest<S>>) -> NodeHandle<S> {
+        NodeHandle { tx }
+    }
+
     async fn call<T>(
         &self,
         make: impl FnOnce(ReplyTo<T>) -> Request<S>,
         timeout: Duration,
     ) -> Result<T, ClientError> {
         let (reply, rx) = oneshot::channel();
-        let sent = tokio::time::timeout(timeout, self.tx.send(make(reply))).await;
+        let sent = tokio::time::timeout(timeout, self.tx.send(RaftRequest(make(reply)))).await;
         match sent {
             Ok(Ok(())) => {}
             Ok(Err(_)) => return Err(ClientError::NodeDown),
@@ -274,31 +250,7 @@ impl<S: StateMachine + 'static> NodeHandle<S> {
     }
 }
 
-/// Why the driver stopped.
-#[derive(Debug, thiserror::Error)]
-pub enum DriverError<E: std::error::Error + 'static> {
-    /// A write failed: the node may not acknowledge anything more and must recover from disk.
-    #[error("storage failed: {0}")]
-    Storage(#[source] E),
-    /// The persistence task ended without an error (it cannot, unless it panicked).
-    #[error("the persistence task ended")]
-    PersistenceGone,
-}
-
-/// What the driver needs besides the node: its IO behind traits.
-#[derive(Debug)]
-pub struct Parts<T, C, P, H> {
-    /// Frames in and out.
-    pub transport: T,
-    /// Time.
-    pub clock: C,
-    /// Durable storage.
-    pub persister: P,
-    /// Observation.
-    pub hooks: H,
-}
-
-/// Starts the node task's loop: returns the application's handle and the loop's future (spawn it,
+/// Starts a Raft node's loop: returns the application's handle and the loop's future (spawn it,
 /// or await it; it resolves only if storage fails).
 pub fn start<S, T, C, P, H>(
     node: RaftNode<S>,
@@ -312,171 +264,127 @@ where
     T: Transport,
     C: Clock,
     P: Persister,
-    H: Hooks<S>,
+    H: Hooks<RaftMachine<S>>,
 {
-    let (tx, rx) = mpsc::channel(REQUESTS_MAX);
-    let handle = NodeHandle { tx };
-    (handle, run(node, parts, rx))
+    let (tx, running) = run_machine(RaftMachine::new(node), parts);
+    (NodeHandle { tx }, running)
 }
 
-async fn run<S, T, C, P, H>(
+/// A [`RaftNode`] with the waiters of the requests it accepted.
+pub struct RaftMachine<S: StateMachine> {
     node: RaftNode<S>,
-    parts: Parts<T, C, P, H>,
-    mut requests: mpsc::Receiver<Request<S>>,
-) -> DriverError<P::Error>
-where
-    S: StateMachine + Send + 'static,
-    T: Transport,
-    C: Clock,
-    P: Persister,
-    H: Hooks<S>,
-{
-    let Parts {
-        transport,
-        clock,
-        persister,
-        hooks,
-    } = parts;
-    let frame_bytes_max = node.config().frame_bytes_max;
-    let (queue_tx, queue_rx) = mpsc::channel(QUEUE_BATCHES_MAX);
-    let (durable_tx, mut durable_rx) = watch::channel(PersistSeq(0));
-    let persist_task = persist::run(persister, queue_rx, durable_tx);
-    tokio::pin!(persist_task);
-    let mut d = Driver {
-        node,
-        transport,
-        clock,
-        hooks,
-        queue: queue_tx,
-        proposals: BTreeMap::new(),
-        reads: BTreeMap::new(),
-        next_read: 0,
-    };
-    let mut buf = vec![0u8; frame_bytes_max + 1];
-    loop {
-        // Step 2: drain. A full persistence queue makes this wait (backpressure: input stops while
-        // the disk is behind); the persistence task is polled meanwhile, so the queue empties.
-        if let Err(e) = d.drain(&mut persist_task).await {
-            return e;
-        }
-        d.hooks.after_step(&d.node);
-        let deadline = d.node.poll_timeout().map(|(at, _why)| at);
-        let clock = &d.clock;
-        let sleep = async move {
-            match deadline {
-                Some(at) => clock.sleep_until(at).await,
-                None => std::future::pending().await,
-            }
-        };
-        let wake = tokio::select! {
-            biased;
-            result = &mut persist_task => Wake::PersistEnded(result),
-            changed = durable_rx.changed() => match changed {
-                Ok(()) => Wake::Durable(*durable_rx.borrow_and_update()),
-                Err(_) => Wake::PersistEnded(Ok(())),
-            },
-            r = d.transport.recv(&mut buf) => match r {
-                Ok(n) => Wake::Frame(n),
-                Err(_) => Wake::Nothing,
-            },
-            Some(req) = requests.recv() => Wake::Request(req),
-            () = sleep => Wake::Timeout,
-        };
-        let now = d.now();
-        match wake {
-            Wake::PersistEnded(Err(e)) => return DriverError::Storage(e),
-            Wake::PersistEnded(Ok(())) => return DriverError::PersistenceGone,
-            Wake::Durable(seq) => d.node.handle(now, Input::Persisted(seq)),
-            Wake::Frame(n) if n > frame_bytes_max => {
-                // Longer than any valid frame: the core counts it as malformed.
-                d.node.handle_frame(now, &[]);
-            }
-            Wake::Frame(n) => d.node.handle_frame(now, &buf[..n]),
-            Wake::Request(req) => d.on_request(now, req),
-            Wake::Timeout => d.node.handle(now, Input::Timeout),
-            Wake::Nothing => {}
-        }
-    }
-}
-
-enum Wake<S, E> {
-    PersistEnded(Result<(), E>),
-    Durable(PersistSeq),
-    Frame(usize),
-    Request(Request<S>),
-    Timeout,
-    Nothing,
-}
-
-struct Driver<S: StateMachine, T, C, H> {
-    node: RaftNode<S>,
-    transport: T,
-    clock: C,
-    hooks: H,
-    queue: mpsc::Sender<PersistBatch>,
     /// Proposals appended here, awaiting `Event::Applied` (a retry may add a second waiter).
     proposals: BTreeMap<(ClientId, u64), Vec<ReplyTo<Vec<u8>>>>,
     reads: BTreeMap<ReadId, (Query<S>, ReplyTo<Answer>)>,
     next_read: u64,
+    /// `unix_ms` of the latest input, stamped into proposals.
+    unix_ms: u64,
 }
 
-impl<S, T, C, H> Driver<S, T, C, H>
-where
-    S: StateMachine + Send + 'static,
-    T: Transport,
-    C: Clock,
-    H: Hooks<S>,
-{
-    fn now(&self) -> Instant {
-        // The core's clock never goes back, even if the runtime's rounds down.
-        self.clock.now().max(self.node.now())
+impl<S: StateMachine> std::fmt::Debug for RaftMachine<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RaftMachine")
+            .field("node", &self.node.id())
+            .field("proposals", &self.proposals.len())
+            .field("reads", &self.reads.len())
+            .finish_non_exhaustive()
     }
+}
 
-    /// Step 2 of the contract: drains every output. While the persistence queue is full, the
-    /// persistence task is polled here so the queue empties.
-    async fn drain<F, E>(
-        &mut self,
-        persist_task: &mut std::pin::Pin<&mut F>,
-    ) -> Result<(), DriverError<E>>
-    where
-        F: Future<Output = Result<(), E>>,
-        E: std::error::Error + 'static,
-    {
-        while let Some(out) = self.node.poll_output() {
-            match out {
-                Output::Persist(batch) => {
-                    self.hooks.persist_queued(&batch);
-                    let send = self.queue.send(batch);
-                    tokio::pin!(send);
-                    tokio::select! {
-                        biased;
-                        result = persist_task.as_mut() => {
-                            return Err(match result {
-                                Err(e) => DriverError::Storage(e),
-                                Ok(()) => DriverError::PersistenceGone,
-                            });
-                        }
-                        sent = &mut send => {
-                            if sent.is_err() {
-                                return Err(DriverError::PersistenceGone);
-                            }
-                        }
-                    }
-                }
-                Output::Send(env) => {
-                    self.hooks.sending(&env);
-                    let frame = env.encode();
-                    self.transport.send(env.to, &frame).await;
-                }
-                Output::Event(ev) => {
-                    self.on_event(&ev);
-                    self.hooks.event(&self.node, &ev);
-                }
-            }
+impl<S: StateMachine> RaftMachine<S> {
+    /// Wraps `node`.
+    #[must_use]
+    pub fn new(node: RaftNode<S>) -> RaftMachine<S> {
+        RaftMachine {
+            node,
+            proposals: BTreeMap::new(),
+            reads: BTreeMap::new(),
+            next_read: 0,
+            unix_ms: 0,
         }
-        Ok(())
     }
 
+    /// The node.
+    #[must_use]
+    pub fn node(&self) -> &RaftNode<S> {
+        &self.node
+    }
+}
+
+impl<S: StateMachine + Send + 'static> Machine for RaftMachine<S> {
+    type Request = RaftRequest<S>;
+    type Note = Event;
+
+    fn frame_bytes_max(&self) -> usize {
+        self.node.config().frame_bytes_max
+    }
+
+    fn now(&self) -> Instant {
+        self.node.now()
+    }
+
+    fn on_frame(&mut self, now: Now, _from: Option<NodeId>, frame: &[u8]) {
+        // The envelope names its sender; the transport's word is not needed.
+        self.unix_ms = now.unix_ms;
+        self.node.handle_frame(now.instant, frame);
+    }
+
+    fn on_persisted(&mut self, now: Now, seq: PersistSeq) {
+        self.unix_ms = now.unix_ms;
+        self.node.handle(now.instant, Input::Persisted(seq));
+    }
+
+    fn on_timeout(&mut self, now: Now) {
+        self.unix_ms = now.unix_ms;
+        self.node.handle(now.instant, Input::Timeout);
+    }
+
+    fn on_request(
+        &mut self,
+        now: Now,
+        request: RaftRequest<S>,
+        log: &mut dyn FnMut(std::fmt::Arguments<'_>),
+    ) {
+        self.unix_ms = now.unix_ms;
+        self.request(now.instant, request.0, log);
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        self.node.poll_timeout().map(|(at, _why)| at)
+    }
+
+    fn poll_output(&mut self) -> Option<Action<Event>> {
+        Some(match self.node.poll_output()? {
+            Output::Persist(batch) => Action::Persist(batch),
+            Output::Send(env) => Action::Send {
+                to: env.to,
+                frame: env.encode(),
+            },
+            Output::Event(ev) => {
+                self.on_event(&ev);
+                Action::Note(ev)
+            }
+        })
+    }
+}
+
+impl<S: StateMachine + Send + 'static> RaftView for RaftMachine<S> {
+    type Sm = S;
+
+    fn raft(&self) -> &RaftNode<S> {
+        &self.node
+    }
+
+    fn raft_envelope(frame: &[u8]) -> Option<Envelope> {
+        Envelope::decode(frame, frame.len()).ok()
+    }
+
+    fn raft_event(note: &Event) -> Option<&Event> {
+        Some(note)
+    }
+}
+
+impl<S: StateMachine + Send + 'static> RaftMachine<S> {
     fn on_event(&mut self, ev: &Event) {
         match ev {
             Event::RoleChanged { role, .. } => {
@@ -528,7 +436,12 @@ where
         self.proposals.values().map(Vec::len).sum::<usize>() + self.reads.len()
     }
 
-    fn on_request(&mut self, now: Instant, req: Request<S>) {
+    fn request(
+        &mut self,
+        now: Instant,
+        req: Request<S>,
+        log: &mut dyn FnMut(std::fmt::Arguments<'_>),
+    ) {
         if self.pending() >= PENDING_MAX {
             req.refuse(ClientError::Busy);
             return;
@@ -539,13 +452,9 @@ where
                 seq,
                 data,
                 reply,
-            } => match self
-                .node
-                .propose(now, self.clock.unix_ms(), client, seq, data)
-            {
+            } => match self.node.propose(now, self.unix_ms, client, seq, data) {
                 Ok(index) => {
-                    self.hooks
-                        .request(format_args!("propose {client}#{seq} at {}", index.0));
+                    log(format_args!("propose {client}#{seq} at {}", index.0));
                     self.proposals.entry((client, seq)).or_default().push(reply);
                 }
                 Err(ProposeError::NotLeader { leader }) => {
@@ -560,7 +469,7 @@ where
                 let rid = ReadId(self.next_read);
                 match self.node.read(now, rid) {
                     Ok(()) => {
-                        self.hooks.request(format_args!("read {rid} requested"));
+                        log(format_args!("read {rid} requested"));
                         self.reads.insert(rid, (query, reply));
                     }
                     Err(ReadError::NoLeader) => {
@@ -574,11 +483,10 @@ where
             Request::Membership { change, reply } => {
                 let result = self
                     .node
-                    .change_membership(now, self.clock.unix_ms(), change)
+                    .change_membership(now, self.unix_ms, change)
                     .map_err(ClientError::Membership);
                 if let Ok(index) = result {
-                    self.hooks
-                        .request(format_args!("membership {change:?} at {}", index.0));
+                    log(format_args!("membership {change:?} at {}", index.0));
                 }
                 let _ = reply.send(result);
             }
@@ -588,7 +496,7 @@ where
                     .transfer_leadership(now, to)
                     .map_err(ClientError::Transfer);
                 if result.is_ok() {
-                    self.hooks.request(format_args!("transfer to {to}"));
+                    log(format_args!("transfer to {to}"));
                 }
                 let _ = reply.send(result);
             }
