@@ -128,7 +128,9 @@ fn a_bad_snapshot_is_refused_and_changes_nothing() {
     trailing.push(0);
     let mut version = good.clone();
     version[0] = 3;
-    let mailbox_cases: [(fn(&mut Mailbox), &str); 6] = [
+    // Each spoils Alice's mailbox in one way and names the refusal.
+    type Spoil = fn(&mut Mailbox);
+    let mailbox_cases: [(Spoil, &str); 6] = [
         (
             |m| *m.parts_mut().0 = MailboxSeq(1),
             "an envelope seq outside 1..=last seq",
