@@ -112,6 +112,29 @@ impl fmt::Debug for UserId {
     }
 }
 
+/// A message's id, 128 bits chosen at random by its sender (DESIGN.md §6: the recipient
+/// de-duplicates by it, and a mailbox stores one envelope per id).
+#[derive(Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct MessageId(pub [u8; 16]);
+
+impl fmt::Debug for MessageId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "msg-")?;
+        for byte in &self.0[..6] {
+            write!(f, "{byte:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+id_newtype!(
+    /// An envelope's place in its recipient's mailbox, assigned at apply: strictly increasing
+    /// within a mailbox and never reused while the recipient stays registered (ARCHITECTURE.md,
+    /// "Mailboxes"). The first envelope of a mailbox is 1; 0 means "before the first".
+    MailboxSeq,
+    "m"
+);
+
 /// An entry's position and term. Log freshness compares `(term, index)` lexicographically
 /// (Raft §5.4.1; openraft fix a48a3282), which the derived `Ord` does because `term` comes first.
 #[derive(Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

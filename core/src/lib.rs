@@ -100,6 +100,7 @@ pub mod session;
 pub mod time;
 
 pub use ids::{
-    ClientId, ConnId, LogId, LogIndex, NodeId, PersistSeq, ReadId, RequestId, Term, UserId,
+    ClientId, ConnId, LogId, LogIndex, MailboxSeq, MessageId, NodeId, PersistSeq, ReadId,
+    RequestId, Term, UserId,
 };
 pub use time::Instant;

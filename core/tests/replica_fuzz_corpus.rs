@@ -5,20 +5,24 @@
 //! The seeds are written by `write_replica_seed_corpora` (ignored; run it with
 //! `cargo test -p paloma-core --test replica_fuzz_corpus -- --ignored write_replica_seed_corpora`):
 //! one valid frame of every client request kind signed by the harness's identity (so they pass
-//! login and the signer check and reach the directory), and directory entries of every kind.
+//! login and the signer check and reach the directory), a session that registers, deposits,
+//! fetches and acknowledges (so the mailbox paths are reached), and directory entries of every
+//! kind.
 
 mod corpus;
 
 use corpus::{corpus, corpus_dir};
 
 use paloma_core::directory::{
-    CommandBody, DirectoryEntry, OneTimePrekey, PresenceBatch, PresenceChange, SignedCommand,
-    SignedPrekey, Visibility,
+    CommandBody, Deposit, DirectoryEntry, OneTimePrekey, PresenceBatch, PresenceChange,
+    SignedCommand, SignedPrekey, Visibility,
 };
-use paloma_core::replica::fuzz::{directory_entries, fuzz_identity, replica_client_frames};
+use paloma_core::replica::fuzz::{
+    directory_entries, fuzz_identity, replica_client_frames, replica_client_frames_reach,
+};
 use paloma_core::replica::protocol::{ClientFrame, Consistency, LookupKey, Request};
 use paloma_core::session::{Entropy, IdentityKeyPair, PrekeyId, SignedPrekeyPair};
-use paloma_core::{RequestId, UserId};
+use paloma_core::{MailboxSeq, MessageId, RequestId, UserId};
 
 struct Count(u8);
 impl Entropy for Count {
@@ -136,7 +140,91 @@ fn client_seeds() -> Vec<(&'static str, Vec<u8>)> {
             .encode(),
         ),
         ("heartbeat", ClientFrame::Heartbeat.encode()),
+        ("deposit", deposit_frame(10, 2, 1)),
+        ("fetch", fetch_frame(11)),
+        (
+            "ack",
+            command(
+                12,
+                CommandBody::AckMailbox {
+                    upto: MailboxSeq(1),
+                },
+            ),
+        ),
+        ("mailbox-session", mailbox_session(false)),
+        ("mailbox-session-ack", mailbox_session(true)),
     ]
+}
+
+/// A deposit of a small envelope in the harness user's own mailbox.
+fn deposit_frame(request: u64, seq: u64, id: u8) -> Vec<u8> {
+    ClientFrame::Request {
+        id: RequestId(request),
+        request: Request::Deposit {
+            session: 1,
+            seq,
+            to: fuzz_identity().user_id(),
+            message_id: MessageId([id; 16]),
+            envelope: vec![0xc1; 32],
+        },
+    }
+    .encode()
+}
+
+fn fetch_frame(request: u64) -> Vec<u8> {
+    ClientFrame::Request {
+        id: RequestId(request),
+        request: Request::FetchMailbox {
+            after: MailboxSeq(0),
+            max: 8,
+        },
+    }
+    .encode()
+}
+
+/// Several frames in the harness's input format: an odd first byte (log in), then each frame
+/// after its length byte. Registers with a small record (so the frame fits in 255 bytes),
+/// deposits twice, fetches, and (`ack`) acknowledges the first envelope.
+fn mailbox_session(ack: bool) -> Vec<u8> {
+    let id = fuzz_identity();
+    let expires = 1_700_000_000_000 + 60_000;
+    let mut body = register(&id, "fuzzer", 0);
+    if let CommandBody::Register { addresses, .. } = &mut body {
+        addresses.clear();
+    }
+    let command = |request: u64, seq: u64, counter: u64, body: CommandBody| {
+        ClientFrame::Request {
+            id: RequestId(request),
+            request: Request::Command {
+                session: 1,
+                seq,
+                command: SignedCommand::sign(&id, counter, expires, body),
+            },
+        }
+        .encode()
+    };
+    let mut frames = vec![
+        command(1, 1, 1, body),
+        deposit_frame(2, 2, 1),
+        deposit_frame(3, 3, 2),
+        fetch_frame(4),
+    ];
+    if ack {
+        frames.push(command(
+            5,
+            4,
+            2,
+            CommandBody::AckMailbox {
+                upto: MailboxSeq(1),
+            },
+        ));
+    }
+    let mut out = vec![1];
+    for frame in frames {
+        out.push(u8::try_from(frame.len()).expect("a frame of at most 255 bytes"));
+        out.extend_from_slice(&frame);
+    }
+    out
 }
 
 fn directory_seeds() -> Vec<(&'static str, Vec<u8>)> {
@@ -175,11 +263,40 @@ fn directory_seeds() -> Vec<(&'static str, Vec<u8>)> {
             ),
         ],
     }));
+    let deposit = |n: u8| {
+        entry(DirectoryEntry::Deposit(Deposit {
+            recipient: id.user_id(),
+            message_id: MessageId([n; 16]),
+            envelope: vec![n; 40],
+        }))
+    };
+    let ack = entry(DirectoryEntry::Signed(SignedCommand::sign(
+        &id,
+        2,
+        expires,
+        CommandBody::AckMailbox {
+            upto: MailboxSeq(1),
+        },
+    )));
     vec![
         ("register", register.clone()),
         (
             "register-claim-presence",
             [register.clone(), claim, presence.clone()].concat(),
+        ),
+        (
+            "register-deposits-ack",
+            [
+                register.clone(),
+                deposit(1),
+                deposit(2),
+                deposit(1),
+                deposit(3),
+                ack,
+                deposit(4),
+                deposit(5),
+            ]
+            .concat(),
         ),
         ("presence", presence),
         (
@@ -233,6 +350,21 @@ fn the_seeds_reach_the_directory() {
     );
     // Garbage registers no one.
     assert_eq!(replica_client_frames(&[1, 3, 1, 2, 3]), 0);
+    // The mailbox sessions register, deposit twice, and acknowledge the first.
+    let reach = |name: &str| {
+        let (_, data) = seeds.iter().find(|(n, _)| *n == name).expect("a seed");
+        replica_client_frames_reach(data)
+    };
+    let stored = reach("mailbox-session");
+    assert_eq!(
+        (stored.users, stored.envelopes, stored.envelopes_gone),
+        (1, 2, 0)
+    );
+    let acked = reach("mailbox-session-ack");
+    assert_eq!(
+        (acked.users, acked.envelopes, acked.envelopes_gone),
+        (1, 1, 1)
+    );
 }
 
 #[test]

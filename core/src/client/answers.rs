@@ -6,7 +6,9 @@ use super::ops::{Op, OpKind, PendingCommand, Signed};
 use super::{Client, ClientEvent, ClientStats, Dedup, OpError, OpId, Registration};
 use crate::directory::{Bundle, CommandBody, CommandError, CommandResult, Outcome, Username};
 use crate::ids::{RequestId, UserId};
-use crate::replica::protocol::{ClientFrame, LookupKey, LookupReply, Reply, Request, RequestError};
+use crate::replica::protocol::{
+    ClientFrame, LookupKey, LookupReply, MailboxReply, Reply, Request, RequestError,
+};
 use crate::session::{IdentityKeyPair, IdentityPublic, SafetyNumber};
 use crate::time::Now;
 
@@ -30,6 +32,23 @@ impl Client {
                 consistency: *consistency,
             },
             OpKind::Subscribe { users, .. } => Request::Subscribe(users.clone()),
+            OpKind::FetchMailbox { after, max } => Request::FetchMailbox {
+                after: *after,
+                max: *max,
+            },
+            OpKind::Deposit(deposit) => {
+                let (session, seq) = *deposit.slot.get_or_insert_with(|| {
+                    let seq = self.dedup.next_seq();
+                    (self.dedup.session, seq)
+                });
+                Request::Deposit {
+                    session,
+                    seq,
+                    to: deposit.to,
+                    message_id: deposit.message_id,
+                    envelope: deposit.envelope.clone(),
+                }
+            }
             OpKind::Command(command) => {
                 let (identity, dedup, stats) = (&self.identity, &mut self.dedup, &mut self.stats);
                 let signed = prepare(command, identity, dedup, stats, now.unix_ms, margin_ms);
@@ -64,7 +83,11 @@ impl Client {
         let fits = match (&op.kind, &result) {
             (_, Err(_))
             | (OpKind::Lookup { .. }, Ok(Reply::Lookup(_)))
-            | (OpKind::Subscribe { .. }, Ok(Reply::Subscribed)) => true,
+            | (OpKind::Subscribe { .. }, Ok(Reply::Subscribed))
+            | (OpKind::FetchMailbox { .. }, Ok(Reply::Mailbox(_)))
+            | (OpKind::Deposit(_), Ok(Reply::Command(Ok(Outcome::Deposited { .. }) | Err(_)))) => {
+                true
+            }
             (OpKind::Command(command), Ok(Reply::Command(answer))) => {
                 outcome_fits(&command.body, answer)
             }
@@ -84,8 +107,39 @@ impl Client {
                     self.emit(ClientEvent::Done { op: id });
                 }
             }
+            Ok(Reply::Mailbox(reply)) => self.on_fetched(id, reply),
+            Ok(Reply::Command(answer)) if matches!(op.kind, OpKind::Deposit(_)) => {
+                self.on_deposit_result(id, answer);
+            }
             Ok(Reply::Command(answer)) => self.on_command_result(now, id, answer),
         }
+    }
+
+    fn on_fetched(&mut self, id: OpId, reply: MailboxReply) {
+        self.ops.remove(id);
+        self.emit(ClientEvent::MailboxFetched { op: id, reply });
+    }
+
+    /// A deposit's answer: stored, or a definite refusal that stored nothing (a full mailbox is
+    /// shown to the sender, never dropped silently: DESIGN.md §6.3).
+    fn on_deposit_result(&mut self, id: OpId, answer: CommandResult) {
+        self.ops.remove(id);
+        let event = match answer {
+            Ok(Outcome::Deposited {
+                seq,
+                expires_unix_ms,
+            }) => ClientEvent::Deposited {
+                op: id,
+                seq,
+                expires_unix_ms,
+            },
+            Ok(_) => unreachable!("only `Deposited` fits a deposit"),
+            Err(error) => ClientEvent::Failed {
+                op: id,
+                error: OpError::Command(error),
+            },
+        };
+        self.emit(event);
     }
 
     fn on_request_error(&mut self, now: Now, id: OpId, error: RequestError) {
@@ -98,6 +152,14 @@ impl Client {
                 self.attempt_failed(now, id, false, false, failed);
             }
             RequestError::SessionExpired => {
+                if let Some(OpKind::Deposit(deposit)) = self.ops.get_mut(id).map(|op| &mut op.kind)
+                {
+                    // Did not run; a new session starts at 1. Even if an earlier attempt applied,
+                    // the re-deposit of the same message id answers its first outcome.
+                    self.dedup.renew();
+                    deposit.slot = Some((self.dedup.session, self.dedup.next_seq()));
+                    return self.attempt_failed(now, id, false, true, failed);
+                }
                 let Some(command) = self.ops.get_mut(id).and_then(Op::command) else {
                     return self.fail(id, failed);
                 };
@@ -255,6 +317,13 @@ impl Client {
                 self.keys.clear();
                 ClientEvent::Done { op: id }
             }
+            (CommandBody::AckMailbox { upto }, Outcome::Acked { removed }) => {
+                ClientEvent::MailboxAcked {
+                    op: id,
+                    upto,
+                    removed,
+                }
+            }
             _ => ClientEvent::Done { op: id },
         };
         self.emit(event);
@@ -389,8 +458,12 @@ fn outcome_fits(body: &CommandBody, answer: &CommandResult) -> bool {
         Ok(Outcome::Bundle { .. }) => matches!(body, CommandBody::ClaimBundle { .. }),
         Ok(Outcome::Done) => !matches!(
             body,
-            CommandBody::Register { .. } | CommandBody::ClaimBundle { .. }
+            CommandBody::Register { .. }
+                | CommandBody::ClaimBundle { .. }
+                | CommandBody::AckMailbox { .. }
         ),
-        Ok(Outcome::Presence { .. }) => false,
+        Ok(Outcome::Acked { .. }) => matches!(body, CommandBody::AckMailbox { .. }),
+        // Deposits are not signed commands (their answers are matched in `on_response`).
+        Ok(Outcome::Presence { .. } | Outcome::Deposited { .. }) => false,
     }
 }

@@ -3,13 +3,14 @@
 //! and queue nothing.
 
 use super::keys::{published, REGISTER_ONE_TIME_PREKEYS};
-use super::ops::{OpKind, PendingCommand};
+use super::ops::{OpKind, PendingCommand, PendingDeposit};
 use super::{Client, ClientError, OpId, Registration, ONE_TIME_PREKEYS_HELD_MAX};
 use crate::directory::command::{
     ADDRESSES_MAX, ADDRESS_BYTES_MAX, CONTACTS_MAX, ONE_TIME_PREKEYS_MAX,
 };
+use crate::directory::mailbox::ENVELOPE_BYTES_MAX;
 use crate::directory::{CommandBody, Username, Visibility};
-use crate::ids::{RequestId, UserId};
+use crate::ids::{MailboxSeq, MessageId, RequestId, UserId};
 use crate::replica::protocol::{
     ClientFrame, Consistency, LookupKey, Request, CLIENT_FRAME_BYTES_MAX,
 };
@@ -166,6 +167,54 @@ impl Client {
                 renewal: false,
             },
         ))
+    }
+
+    /// Deposits `envelope` (ciphertext, at most `ENVELOPE_BYTES_MAX` bytes) in `to`'s mailbox
+    /// under `message_id` (DESIGN.md §6.3). A write: it waits for the commands and deposits
+    /// before it, and every retry resends the same `(session, seq)`. Ends in `Deposited` once
+    /// committed, or `Failed` (a full mailbox is `OpError::Command(MailboxFull)`).
+    pub fn deposit(
+        &mut self,
+        now: Now,
+        to: UserId,
+        message_id: MessageId,
+        envelope: Vec<u8>,
+    ) -> Result<OpId, ClientError> {
+        if envelope.len() > ENVELOPE_BYTES_MAX {
+            return Err(ClientError::EnvelopeTooLarge {
+                len: envelope.len(),
+                max: ENVELOPE_BYTES_MAX,
+            });
+        }
+        self.admit()?;
+        let deposit = PendingDeposit {
+            to,
+            message_id,
+            envelope,
+            slot: None,
+        };
+        Ok(self.enqueue(now, OpKind::Deposit(Box::new(deposit))))
+    }
+
+    /// Reads this user's mailbox after `after` (at most `max` envelopes, fewer if they do not fit
+    /// in one frame; `MailboxReply::page.more` says so). Ends in `MailboxFetched` or `Failed`.
+    pub fn fetch_mailbox(
+        &mut self,
+        now: Now,
+        after: MailboxSeq,
+        max: u32,
+    ) -> Result<OpId, ClientError> {
+        self.admit()?;
+        Ok(self.enqueue(now, OpKind::FetchMailbox { after, max }))
+    }
+
+    /// Acknowledges (deletes) every envelope of this user's mailbox up to `upto`: a signed
+    /// command, so only this identity can. Acknowledge only what is durable locally (DESIGN.md
+    /// §6.4). Ends in `MailboxAcked` or `Failed`.
+    pub fn ack_mailbox(&mut self, now: Now, upto: MailboxSeq) -> Result<OpId, ClientError> {
+        self.registered()?;
+        self.admit()?;
+        Ok(self.enqueue_command(now, CommandBody::AckMailbox { upto }, None, Vec::new()))
     }
 
     fn admit(&self) -> Result<(), ClientError> {

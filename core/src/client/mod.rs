@@ -81,8 +81,8 @@ pub use ops::{ClientError, OpError, OpId};
 
 use crate::directory::command::COMMAND_VALIDITY_MAX_MS;
 use crate::directory::{Bundle, CommandBody, Presence, SignedCommand, UserView, Username};
-use crate::ids::{NodeId, UserId};
-use crate::replica::protocol::{self, ClientFrame, LookupReply, ReplicaFrame};
+use crate::ids::{MailboxSeq, NodeId, UserId};
+use crate::replica::protocol::{self, ClientFrame, LookupReply, MailboxReply, ReplicaFrame};
 use crate::rng::DetRng;
 use crate::session::{
     IdentityKeyPair, IdentityPublic, OneTimePrekeyPair, PrekeyId, SafetyNumber, SignedPrekeyPair,
@@ -124,7 +124,8 @@ pub enum ClientOutput {
 }
 
 /// What the application hears. Every accepted operation ends in exactly one of `Registered`,
-/// `LookedUp`, `BundleClaimed`, `Done` or `Failed` naming its [`OpId`].
+/// `LookedUp`, `BundleClaimed`, `Done`, `Deposited`, `MailboxFetched`, `MailboxAcked` or
+/// `Failed` naming its [`OpId`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ClientEvent {
     /// The link is logged in as `user`; queued operations are being sent.
@@ -191,6 +192,33 @@ pub enum ClientEvent {
     },
     /// The link was lost; requests in flight will be retried after the next login.
     Disconnected,
+    /// A deposit is committed in the recipient's mailbox (DESIGN.md §6.3: *stored*). A refusal
+    /// (`MailboxFull`, `UnknownUser`, ...) ends the operation in `Failed` instead.
+    Deposited {
+        /// The `deposit` call.
+        op: OpId,
+        /// Its place in the recipient's mailbox.
+        seq: MailboxSeq,
+        /// Directory time at which it is purged unless acknowledged.
+        expires_unix_ms: u64,
+    },
+    /// A page of this user's mailbox (linearizable: every deposit acknowledged to its sender
+    /// before the fetch is in it, unless acknowledged or expired since).
+    MailboxFetched {
+        /// The `fetch_mailbox` call.
+        op: OpId,
+        /// The page.
+        reply: MailboxReply,
+    },
+    /// An acknowledgement applied: every envelope up to `upto` is deleted.
+    MailboxAcked {
+        /// The `ack_mailbox` call.
+        op: OpId,
+        /// The bound acknowledged.
+        upto: MailboxSeq,
+        /// Envelopes it deleted (0 for a repeat).
+        removed: u32,
+    },
 }
 
 /// Why [`Client::poll_timeout`] wants to be woken.

@@ -5,7 +5,7 @@
 use super::config::ClientConfig;
 use super::ClientTimer;
 use crate::directory::{CommandBody, CommandError, SignedCommand, UsernameError};
-use crate::ids::RequestId;
+use crate::ids::{MailboxSeq, MessageId, RequestId};
 use crate::replica::protocol::{Consistency, LookupKey, RequestError};
 use crate::rng::DetRng;
 use crate::session::{InitiateError, PrekeyId, SignedPrekeyPair};
@@ -67,6 +67,14 @@ pub enum ClientError {
     /// `accept_key_change`: no changed key awaits a decision for this name.
     #[error("no key change is pending for this username")]
     NoKeyChange,
+    /// `deposit`: the envelope is larger than a mailbox stores.
+    #[error("an envelope of {len} bytes; a mailbox stores at most {max}")]
+    EnvelopeTooLarge {
+        /// Its length.
+        len: usize,
+        /// `ENVELOPE_BYTES_MAX`.
+        max: usize,
+    },
 }
 
 /// Why an accepted operation failed (the payload of `ClientEvent::Failed`).
@@ -117,6 +125,35 @@ pub(crate) enum OpKind {
         /// Sent by the client itself.
         renewal: bool,
     },
+    /// A deposit in another user's mailbox: a write, so it waits its turn with the commands
+    /// (one `(session, seq)` in flight at a time, thesis §6.3). Boxed: it carries the envelope.
+    Deposit(Box<PendingDeposit>),
+    /// A page of this user's mailbox (a read).
+    FetchMailbox {
+        /// The cursor.
+        after: MailboxSeq,
+        /// The most envelopes wanted.
+        max: u32,
+    },
+}
+
+impl OpKind {
+    /// Whether the operation is a write, which goes out only at the head of the write queue.
+    pub(crate) fn is_write(&self) -> bool {
+        matches!(self, OpKind::Command(_) | OpKind::Deposit(_))
+    }
+}
+
+/// A deposit and its de-duplication slot.
+#[derive(Debug)]
+pub(crate) struct PendingDeposit {
+    pub(crate) to: UserId,
+    pub(crate) message_id: MessageId,
+    pub(crate) envelope: Vec<u8>,
+    /// `(session, seq)`, fixed at the first send and reused by every retry; moved to a new
+    /// session only after `SessionExpired` (a re-deposit of the same message id is idempotent
+    /// while the mailbox holds it, so that cannot store it twice).
+    pub(crate) slot: Option<(u64, u64)>,
 }
 
 /// A directory command and the private keys its body publishes.
@@ -249,8 +286,9 @@ impl Ops {
         self.requests.get(&id).copied()
     }
 
-    /// The operations to send now, in order: every due read, and the oldest command if it is
-    /// due. Commands wait for those before them (the directory wants rising counters).
+    /// The operations to send now, in order: every due read, and the oldest write (command or
+    /// deposit) if it is due. Writes wait for those before them (the directory wants rising
+    /// counters, and a de-duplication session one request at a time).
     pub(crate) fn due(&self, now: Instant) -> Vec<OpId> {
         let head = self.head_command();
         self.ops
@@ -261,7 +299,7 @@ impl Ops {
                     OpState::Backoff { until } => until <= now,
                     OpState::InFlight { .. } => false,
                 };
-                ready && (!matches!(op.kind, OpKind::Command(_)) || Some(**id) == head)
+                ready && (!op.kind.is_write() || Some(**id) == head)
             })
             .map(|(id, _)| *id)
             .collect()
@@ -270,7 +308,7 @@ impl Ops {
     fn head_command(&self) -> Option<OpId> {
         self.ops
             .iter()
-            .find(|(_, op)| matches!(op.kind, OpKind::Command(_)))
+            .find(|(_, op)| op.kind.is_write())
             .map(|(id, _)| *id)
     }
 
@@ -350,7 +388,7 @@ impl Ops {
         let mut commands_started = 0;
         let mut in_flight = 0;
         for (id, op) in &self.ops {
-            if matches!(op.kind, OpKind::Command(_)) && op.state != OpState::Queued {
+            if op.kind.is_write() && op.state != OpState::Queued {
                 commands_started += 1;
                 assert_eq!(
                     Some(*id),
@@ -370,7 +408,7 @@ impl Ops {
         }
         assert!(
             commands_started <= 1,
-            "{commands_started} commands started at once"
+            "{commands_started} writes started at once"
         );
         assert_eq!(in_flight, self.requests.len(), "request index out of step");
     }

@@ -967,6 +967,142 @@ fn limits_are_typed_errors() {
     );
 }
 
+fn deposit_slot(request: &Request) -> (u64, u64) {
+    match request {
+        Request::Deposit { session, seq, .. } => (*session, *seq),
+        other => panic!("a deposit expected, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_deposit_waits_behind_a_command_and_retries_in_its_slot() {
+    let mut h = Harness::registered();
+    let bob = identity(2).user_id();
+    let ack = h.client.ack_mailbox(h.now, MailboxSeq(0)).unwrap();
+    let message_id = crate::ids::MessageId([7; 16]);
+    let op = h
+        .client
+        .deposit(h.now, bob, message_id, vec![1, 2, 3])
+        .unwrap();
+    h.drain();
+    // Writes go one at a time: the deposit shares the de-duplication session.
+    let (ack_id, ack_request) = h.only_request();
+    let (session, ack_seq, _) = command(&ack_request);
+    h.respond(ack_id, applied(Outcome::Acked { removed: 0 }));
+    assert_eq!(
+        h.events(),
+        vec![ClientEvent::MailboxAcked {
+            op: ack,
+            upto: MailboxSeq(0),
+            removed: 0
+        }]
+    );
+    let (id, request) = h.only_request();
+    assert_eq!(deposit_slot(&request), (session, ack_seq + 1));
+    let Request::Deposit {
+        to,
+        message_id: sent_id,
+        envelope,
+        ..
+    } = &request
+    else {
+        unreachable!()
+    };
+    assert_eq!(
+        (*to, *sent_id, envelope.as_slice()),
+        (bob, message_id, &[1, 2, 3][..])
+    );
+    // An unknown outcome: the retry resends the identical request.
+    h.respond(id, Err(RequestError::LeaderChanged));
+    h.fire();
+    let (id, retry) = h.only_request();
+    assert_eq!(retry, request, "same (session, seq, deposit)");
+    h.respond(
+        id,
+        applied(Outcome::Deposited {
+            seq: MailboxSeq(4),
+            expires_unix_ms: 99,
+        }),
+    );
+    assert_eq!(
+        h.events(),
+        vec![ClientEvent::Deposited {
+            op,
+            seq: MailboxSeq(4),
+            expires_unix_ms: 99
+        }]
+    );
+}
+
+#[test]
+fn a_full_mailbox_fails_the_deposit_with_the_typed_error() {
+    let mut h = Harness::logged_in();
+    let op = h
+        .client
+        .deposit(
+            h.now,
+            identity(2).user_id(),
+            crate::ids::MessageId([1; 16]),
+            vec![0; 10],
+        )
+        .unwrap();
+    h.drain();
+    let (id, _) = h.only_request();
+    let full = CommandError::MailboxFull {
+        messages: 1000,
+        bytes: 5,
+    };
+    h.respond(id, refused(full.clone()));
+    assert_eq!(
+        h.events(),
+        vec![ClientEvent::Failed {
+            op,
+            error: OpError::Command(full)
+        }]
+    );
+    assert!(h.requests().is_empty(), "a refusal is not retried");
+    let too_big = vec![0; crate::directory::mailbox::ENVELOPE_BYTES_MAX + 1];
+    assert_eq!(
+        h.client.deposit(
+            h.now,
+            identity(2).user_id(),
+            crate::ids::MessageId([2; 16]),
+            too_big
+        ),
+        Err(ClientError::EnvelopeTooLarge {
+            len: crate::directory::mailbox::ENVELOPE_BYTES_MAX + 1,
+            max: crate::directory::mailbox::ENVELOPE_BYTES_MAX
+        })
+    );
+}
+
+#[test]
+fn fetch_is_a_read_and_its_reply_is_an_event() {
+    let mut h = Harness::registered();
+    let fetch = h.client.fetch_mailbox(h.now, MailboxSeq(2), 5).unwrap();
+    h.drain();
+    let (id, request) = h.only_request();
+    assert_eq!(
+        request,
+        Request::FetchMailbox {
+            after: MailboxSeq(2),
+            max: 5
+        }
+    );
+    // A reply of the wrong kind leaves it in flight.
+    h.respond(id, applied(Outcome::Done));
+    assert_eq!(h.client.stats().mismatched_replies, 1);
+    let reply = MailboxReply {
+        page: crate::directory::MailboxPage::default(),
+        index: LogIndex(8),
+    };
+    h.respond(id, Ok(Reply::Mailbox(reply.clone())));
+    assert_eq!(
+        h.events(),
+        vec![ClientEvent::MailboxFetched { op: fetch, reply }]
+    );
+}
+
 #[test]
 fn same_seed_same_outputs() {
     let run = || {
@@ -1042,10 +1178,25 @@ fn answer(h: &Harness, n: u8, request: &Request) -> Result<Reply, RequestError> 
                     },
                     pool_empty: n == 10,
                 }),
+                CommandBody::AckMailbox { upto } => applied(Outcome::Acked {
+                    removed: u32::try_from(upto.0 % 7).unwrap(),
+                }),
                 _ => applied(Outcome::Done),
             },
             Request::Lookup { .. } => lookup_reply(Some(view_of(&identity(1), "alice"))),
             Request::Subscribe(_) => Ok(Reply::Subscribed),
+            Request::Deposit { .. } if n == 13 => refused(CommandError::MailboxFull {
+                messages: 3,
+                bytes: 10,
+            }),
+            Request::Deposit { seq, .. } => applied(Outcome::Deposited {
+                seq: MailboxSeq(*seq),
+                expires_unix_ms: 9,
+            }),
+            Request::FetchMailbox { .. } => Ok(Reply::Mailbox(MailboxReply {
+                page: crate::directory::MailboxPage::default(),
+                index: LogIndex(3),
+            })),
         },
     }
 }
@@ -1082,7 +1233,7 @@ proptest! {
                 Step::Call(c) => {
                     let now = h.now;
                     let c_ = &mut h.client;
-                    let _ = match c % 10 {
+                    let _ = match c % 13 {
                         0 => c_.register(now, "alice", vec![]),
                         1 => c_.lookup(now, LookupKey::Name("bob".into()), Consistency::Local),
                         2 => c_.claim_bundle(now, identity(40).user_id()),
@@ -1092,6 +1243,9 @@ proptest! {
                         6 => c_.set_visibility(now, Visibility::Everyone, vec![]),
                         7 => c_.deregister(now),
                         8 => c_.subscribe(now, vec![UserId([1; 32])]),
+                        9 => c_.deposit(now, UserId([2; 32]), crate::ids::MessageId([c; 16]), vec![c; usize::from(c)]),
+                        10 => c_.fetch_mailbox(now, MailboxSeq(u64::from(c)), 8),
+                        11 => c_.ack_mailbox(now, MailboxSeq(u64::from(c))),
                         _ => c_.accept_key_change(&Username::parse("bob").unwrap()).map(|_| OpId(0)),
                     };
                     h.drain();

@@ -2,7 +2,8 @@
 //! what applying them answers. Everything here is a wire or storage format, so every encoding
 //! starts with a version byte (ARCHITECTURE.md, "Versioned formats").
 
-use crate::ids::UserId;
+use super::mailbox::ENVELOPE_BYTES_MAX;
+use crate::ids::{MailboxSeq, MessageId, UserId};
 use crate::session::{IdentityKeyPair, IdentityPublic, PrekeyBundle, PrekeyId};
 use ed25519_dalek::Signature;
 use serde::{Deserialize, Serialize};
@@ -187,8 +188,17 @@ pub enum CommandBody {
         /// The new contact list (replaces the old one).
         contacts: Vec<UserId>,
     },
-    /// Deletes the record and releases the username.
+    /// Deletes the record and releases the username (and deletes the user's mailbox).
     Deregister,
+    /// Deletes every envelope of the signer's mailbox up to and including `upto` (ARCHITECTURE.md,
+    /// "Mailboxes": cumulative, because a client drains its mailbox in order and acknowledges
+    /// what it has made durable; a list of seqs would cost a bound and buy nothing). `upto` may
+    /// not exceed the last seq the mailbox assigned. (Appended last: the variant index is part of
+    /// the encoding.)
+    AckMailbox {
+        /// The highest seq acknowledged.
+        upto: MailboxSeq,
+    },
 }
 
 impl CommandBody {
@@ -203,6 +213,7 @@ impl CommandBody {
             CommandBody::UpdateAddresses(_) => CommandKind::UpdateAddresses,
             CommandBody::SetVisibility { .. } => CommandKind::SetVisibility,
             CommandBody::Deregister => CommandKind::Deregister,
+            CommandBody::AckMailbox { .. } => CommandKind::AckMailbox,
         }
     }
 }
@@ -228,6 +239,11 @@ pub enum CommandKind {
     Presence,
     /// An entry that did not decode.
     Malformed,
+    /// [`DirectoryEntry::Deposit`]. (Mailbox kinds appended last: the variant index is part of
+    /// the audit trail's encoding.)
+    Deposit,
+    /// [`CommandBody::AckMailbox`].
+    AckMailbox,
 }
 
 /// A command signed by the identity key of the user it changes. The signature covers the version,
@@ -354,7 +370,30 @@ pub enum DirectoryEntry {
     Signed(SignedCommand),
     /// Presence transitions, proposed by the leader replica.
     Presence(PresenceBatch),
+    /// An envelope for a recipient's mailbox, proposed by the replica the depositor is logged in
+    /// to. (Appended last: the variant index is part of the encoding.)
+    Deposit(Deposit),
 }
+
+/// An opaque ciphertext envelope for `recipient`'s mailbox (DESIGN.md §6.3). It carries nothing
+/// about its sender: the replica that proposes it authenticated the depositor by the login of its
+/// connection, and that is all routing needs (ARCHITECTURE.md, "Mailboxes", says what this does
+/// and does not hide).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Deposit {
+    /// Whose mailbox.
+    pub recipient: UserId,
+    /// Chosen by the sender; a mailbox holds one envelope per id (re-depositing is idempotent).
+    pub message_id: MessageId,
+    /// The ciphertext, at most [`ENVELOPE_BYTES_MAX`] bytes. Never decrypted by a replica.
+    pub envelope: Vec<u8>,
+}
+
+/// Worst-case bytes of an encoded deposit entry besides the envelope itself: version, entry tag,
+/// recipient, message id, the envelope's varint length (3 bytes up to 2 MiB).
+pub const DEPOSIT_OVERHEAD_BYTES_MAX: usize = 1 + 1 + 32 + 16 + 3;
+// A deposit of the largest envelope fits in one proposal.
+const _: () = assert!(DEPOSIT_OVERHEAD_BYTES_MAX + ENVELOPE_BYTES_MAX <= ENTRY_BYTES_MAX);
 
 impl DirectoryEntry {
     /// Versioned encoding.
@@ -433,6 +472,20 @@ pub enum Outcome {
         /// Transitions that changed a record.
         changed: u32,
     },
+    /// The envelope is in the recipient's mailbox (a re-deposit of an id the mailbox still holds
+    /// answers exactly this again, storing nothing). (Appended last: the variant index is part
+    /// of the encoding.)
+    Deposited {
+        /// Its place in the mailbox.
+        seq: MailboxSeq,
+        /// Directory time after which it is purged unless acknowledged first.
+        expires_unix_ms: u64,
+    },
+    /// An acknowledgement deleted this many envelopes.
+    Acked {
+        /// Envelopes deleted.
+        removed: u32,
+    },
 }
 
 /// Why a command was refused; it changed nothing.
@@ -478,7 +531,7 @@ pub enum CommandError {
     /// The signer has no record.
     #[error("this identity is not registered")]
     NotRegistered,
-    /// The claim's target has no record.
+    /// The claim's target (or the deposit's recipient) has no record.
     #[error("no such user")]
     UnknownUser,
     /// The signed prekey's signature does not verify under the identity key.
@@ -508,6 +561,37 @@ pub enum CommandError {
     PresenceBatchTooLarge {
         /// Transitions in the entry.
         changes: usize,
+    },
+    /// The envelope is larger than a mailbox stores. (Mailbox errors appended last.)
+    #[error("an envelope of {len} bytes; at most {max}")]
+    EnvelopeTooLarge {
+        /// Its length.
+        len: usize,
+        /// The bound.
+        max: usize,
+    },
+    /// The recipient's mailbox is at its quota (count or bytes); nothing was stored. The sender
+    /// shows it (DESIGN.md §6.3: never a silent drop) and may retry once the recipient drains.
+    #[error("the recipient's mailbox is full ({messages} messages, {bytes} bytes)")]
+    MailboxFull {
+        /// Envelopes the mailbox holds.
+        messages: u32,
+        /// Envelope bytes the mailbox holds.
+        bytes: u64,
+    },
+    /// The cluster holds as many envelopes (or bytes) in all mailboxes as it may.
+    #[error("the directory's mailbox storage is full")]
+    MailboxesFull,
+    /// The mailbox holds another envelope under this message id.
+    #[error("the mailbox holds a different envelope under this message id")]
+    MessageIdConflict,
+    /// An acknowledgement beyond the last seq the mailbox assigned.
+    #[error("acknowledging up to {upto:?}, but the mailbox's last seq is {last:?}")]
+    AckBeyondLast {
+        /// The acknowledgement's bound.
+        upto: MailboxSeq,
+        /// The last seq assigned.
+        last: MailboxSeq,
     },
 }
 

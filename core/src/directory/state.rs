@@ -1,12 +1,12 @@
 //! The directory's replicated state: user records, the username index, deregistration
-//! tombstones, a bounded audit trail and the directory's clock, changed only by applying
+//! tombstones, the users' mailboxes (`mailbox.rs`), a bounded audit trail and the directory's clock, changed only by applying
 //! committed [`DirectoryEntry`]s. Every replica applies the same entries in the same order, so
 //! everything here is deterministic: ordered maps only, no floats, and no time but the leader's
 //! stamp in each entry (Raft §5.4.3; ARCHITECTURE.md, "Determinism").
 //!
 //! A refused command changes no user state: every handler checks everything first and mutates
 //! only once nothing can fail. Only the audit trail and the directory's clock move (and
-//! tombstones whose time has passed are pruned, as at every apply).
+//! tombstones and mailbox envelopes whose time has passed are pruned, as at every apply).
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -16,7 +16,8 @@ use super::command::{
     encode_result, CommandError, CommandKind, DirectoryEntry, SignedPrekey, Username, Visibility,
     ADDRESSES_MAX, ADDRESS_BYTES_MAX, CONTACTS_MAX, ONE_TIME_PREKEYS_MAX,
 };
-use crate::ids::{LogIndex, UserId};
+use super::mailbox::{Mailbox, MailboxLimits, MailboxPage, Mailboxes};
+use crate::ids::{LogIndex, MailboxSeq, UserId};
 use crate::raft::state_machine::{ApplyContext, SnapshotDecodeError, StateMachine};
 use crate::session::{IdentityPublic, PrekeyId};
 
@@ -33,8 +34,9 @@ pub const TOMBSTONES_MAX: usize = 65_536;
 /// Audit records kept (oldest dropped first). A record is under 100 bytes, so the trail adds at
 /// most about 1 MiB to every snapshot while covering the last 10,000 entries.
 pub const AUDIT_RECORDS_MAX: usize = 10_000;
-/// Version byte of [`Directory`]'s snapshot (ARCHITECTURE.md, "Versioned formats").
-pub const SNAPSHOT_VERSION: u8 = 1;
+/// Version byte of [`Directory`]'s snapshot (ARCHITECTURE.md, "Versioned formats"). Version 2
+/// added the mailboxes; version 1 snapshots (no mailboxes) are still read.
+pub const SNAPSHOT_VERSION: u8 = 2;
 
 /// A user's presence as the directory last committed it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -164,6 +166,8 @@ pub struct Directory {
     tombstones_max: usize,
     /// Recent presence transitions, for the replica's pushes to subscribers (derived, local).
     presence_log: PresenceLog,
+    /// Every registered user's mailbox (an owned part with its own invariants).
+    mailboxes: Mailboxes,
 }
 
 /// Presence transitions applied recently, `(index, user)` oldest first, at most
@@ -190,6 +194,28 @@ impl Eq for PresenceLog {}
 /// behind pushes every subscription's current state instead).
 pub const PRESENCE_LOG_MAX: usize = 65_536;
 
+impl PresenceLog {
+    fn push(&mut self, index: LogIndex, user: UserId, max: usize) {
+        if self.entries.len() == max {
+            let (evicted, _) = self.entries.pop_front().expect("full");
+            self.floor = evicted;
+        }
+        self.entries.push_back((index, user));
+    }
+
+    fn since(&self, since: LogIndex) -> Option<impl Iterator<Item = UserId> + '_> {
+        if since < self.floor {
+            return None;
+        }
+        Some(
+            self.entries
+                .iter()
+                .filter(move |(index, _)| *index > since)
+                .map(|(_, user)| *user),
+        )
+    }
+}
+
 impl Default for Directory {
     fn default() -> Directory {
         Directory::new()
@@ -205,6 +231,15 @@ impl Directory {
 
     /// An empty directory with other bounds (replicas must agree on them: tests only).
     pub(crate) fn with_limits(users_max: usize, tombstones_max: usize) -> Directory {
+        Directory::with_all_limits(users_max, tombstones_max, MailboxLimits::default())
+    }
+
+    /// An empty directory with other user, tombstone and mailbox bounds (tests only).
+    pub(crate) fn with_all_limits(
+        users_max: usize,
+        tombstones_max: usize,
+        mailbox_limits: MailboxLimits,
+    ) -> Directory {
         assert!(
             users_max > 0 && tombstones_max > 0,
             "limits must be positive"
@@ -219,6 +254,7 @@ impl Directory {
             users_max,
             tombstones_max,
             presence_log: PresenceLog::default(),
+            mailboxes: Mailboxes::new(mailbox_limits),
         }
     }
 
@@ -239,16 +275,10 @@ impl Directory {
         since: LogIndex,
         restores: u64,
     ) -> Option<impl Iterator<Item = UserId> + '_> {
-        let log = &self.presence_log;
-        if since < log.floor || restores != log.restores {
+        if restores != self.presence_log.restores {
             return None;
         }
-        Some(
-            log.entries
-                .iter()
-                .filter(move |(index, _)| *index > since)
-                .map(|(_, user)| *user),
-        )
+        self.presence_log.since(since)
     }
 
     /// How many times this directory was restored from a snapshot.
@@ -258,12 +288,43 @@ impl Directory {
     }
 
     fn log_presence(&mut self, index: LogIndex, user: UserId) {
-        let log = &mut self.presence_log;
-        if log.entries.len() == PRESENCE_LOG_MAX {
-            let (evicted, _) = log.entries.pop_front().expect("full");
-            log.floor = evicted;
-        }
-        log.entries.push_back((index, user));
+        self.presence_log.push(index, user, PRESENCE_LOG_MAX);
+    }
+
+    /// `user`'s mailbox, if anything was ever deposited for them since they registered.
+    #[must_use]
+    pub fn mailbox(&self, user: &UserId) -> Option<&Mailbox> {
+        self.mailboxes.get(user)
+    }
+
+    /// A page of `user`'s mailbox: the live envelopes after `after`, at most `max` and at most
+    /// `bytes_max` encoded bytes beyond the first (`bytes_max` must hold the largest envelope
+    /// with its overhead). The replica serves fetches with it after a ReadIndex round.
+    #[must_use]
+    pub fn fetch_mailbox(
+        &self,
+        user: &UserId,
+        after: MailboxSeq,
+        max: usize,
+        bytes_max: usize,
+    ) -> MailboxPage {
+        self.mailboxes
+            .fetch(user, after, max, bytes_max, self.clock_unix_ms)
+    }
+
+    /// Envelopes and envelope bytes held in all mailboxes.
+    #[must_use]
+    pub fn mailbox_totals(&self) -> (u64, u64) {
+        (
+            self.mailboxes.messages_total(),
+            self.mailboxes.bytes_total(),
+        )
+    }
+
+    /// The mailbox limits this directory applies with.
+    #[must_use]
+    pub fn mailbox_limits(&self) -> MailboxLimits {
+        self.mailboxes.limits()
     }
 
     /// The record of `user`, if registered.
@@ -330,11 +391,11 @@ impl Directory {
         *blake3::hash(&self.snapshot()).as_bytes()
     }
 
-    /// BLAKE3 of the user state alone (records and tombstones), leaving out the audit trail and
-    /// the clock, which every entry moves: what a refused command must leave unchanged.
+    /// BLAKE3 of the user state alone (records, tombstones and mailboxes), leaving out the audit
+    /// trail and the clock, which every entry moves: what a refused command must leave unchanged.
     #[must_use]
     pub fn user_state_digest(&self) -> [u8; 32] {
-        let bytes = postcard::to_stdvec(&(&self.users, &self.tombstones))
+        let bytes = postcard::to_stdvec(&(&self.users, &self.tombstones, self.mailboxes.content()))
             .expect("encoding to a Vec cannot fail");
         *blake3::hash(&bytes).as_bytes()
     }
@@ -417,6 +478,8 @@ impl Directory {
             self.audit.len() <= AUDIT_RECORDS_MAX,
             "audit trail over the bound"
         );
+        self.mailboxes
+            .check_invariants(|user| self.users.contains_key(user), self.clock_unix_ms);
     }
 
     /// The last counter applied for the key: from the live record, else from its tombstone;
@@ -460,6 +523,7 @@ impl StateMachine for Directory {
         // Leaders' clocks may disagree after an election: directory time only moves forward.
         self.clock_unix_ms = self.clock_unix_ms.max(ctx.unix_ms);
         self.prune_tombstones();
+        self.mailboxes.purge_expired(self.clock_unix_ms);
         let (user, kind, result) = match DirectoryEntry::decode(command) {
             Err(e) => (None, CommandKind::Malformed, Err(e)),
             Ok(DirectoryEntry::Presence(batch)) => (
@@ -467,6 +531,10 @@ impl StateMachine for Directory {
                 CommandKind::Presence,
                 self.apply_presence(ctx.index, &batch),
             ),
+            // No signer: the audit record names no one (the recipient is in the mailbox).
+            Ok(DirectoryEntry::Deposit(deposit)) => {
+                (None, CommandKind::Deposit, self.apply_deposit(&deposit))
+            }
             Ok(DirectoryEntry::Signed(cmd)) => {
                 let kind = cmd.body.kind();
                 if cmd.verify() {
@@ -493,7 +561,12 @@ impl StateMachine for Directory {
 
     fn restore(&mut self, data: &[u8]) -> Result<(), SnapshotDecodeError> {
         let restores = self.presence_log.restores + 1;
-        *self = Directory::decode_snapshot(data, self.users_max, self.tombstones_max)?;
+        *self = Directory::decode_snapshot(
+            data,
+            self.users_max,
+            self.tombstones_max,
+            self.mailboxes.limits(),
+        )?;
         self.presence_log.restores = restores;
         Ok(())
     }

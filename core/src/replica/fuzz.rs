@@ -3,7 +3,7 @@
 
 use super::protocol::{login, ClientFrame, ReplicaFrame};
 use super::{Replica, ReplicaConfig, ReplicaInput, ReplicaOutput};
-use crate::directory::Directory;
+use crate::directory::{Directory, MailboxLimits, TOMBSTONES_MAX, USERS_MAX};
 use crate::ids::{ClientId, ConnId, LogIndex, NodeId, Term};
 use crate::raft::storage::Recovered;
 use crate::raft::{ApplyContext, Config, StateMachine};
@@ -30,11 +30,28 @@ impl Entropy for Fixed {
 
 /// Feeds arbitrary client frames to a one-replica cluster that leads, on one connection; when
 /// the first byte is odd the connection first logs in properly, so frames reach the request paths
-/// (commands, lookups, subscriptions). The rest of the input is cut into frames by one length byte
-/// each; every third frame also arrives as a peer frame from a replica that is not a member.
-/// Invariants are checked after every step; nothing may panic. Returns how many users the
-/// directory holds at the end (seed corpora check they reach it).
+/// (commands, lookups, subscriptions, deposits, mailbox fetches). The rest of the input is cut
+/// into frames by one length byte each; every third frame also arrives as a peer frame from a
+/// replica that is not a member. Invariants are checked after every step; nothing may panic.
+/// Returns how many users the directory holds at the end (seed corpora check they reach it).
 pub fn replica_client_frames(data: &[u8]) -> usize {
+    replica_client_frames_reach(data).users
+}
+
+/// What a run of [`replica_client_frames`] left in the directory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FuzzReach {
+    /// Users registered.
+    pub users: usize,
+    /// Envelopes in all mailboxes.
+    pub envelopes: u64,
+    /// Envelopes acknowledged or purged: the highest last seq of the fuzz user's mailbox minus
+    /// what it still holds.
+    pub envelopes_gone: u64,
+}
+
+/// [`replica_client_frames`], reporting how far into the mailboxes the input got.
+pub fn replica_client_frames_reach(data: &[u8]) -> FuzzReach {
     let cfg = ReplicaConfig {
         raft: Config {
             id: NodeId(1),
@@ -105,13 +122,36 @@ pub fn replica_client_frames(data: &[u8]) -> usize {
     replica.handle(now, ReplicaInput::Disconnected(conn));
     drain(&mut replica, now);
     replica.check_invariants();
-    replica.directory().len()
+    let dir = replica.directory();
+    let mailbox = dir.mailbox(&fuzz_identity().user_id());
+    FuzzReach {
+        users: dir.len(),
+        envelopes: dir.mailbox_totals().0,
+        envelopes_gone: mailbox.map_or(0, |m| m.last_seq().0 - m.len() as u64),
+    }
+}
+
+/// The directory [`directory_entries`] drives: the production bounds, but mailboxes small
+/// enough, and a TTL short enough (the entries' stamps advance 1 ms each), for arbitrary input
+/// to reach the quotas, the global bounds and the purges.
+fn fuzz_directory() -> Directory {
+    let limits = MailboxLimits {
+        envelope_bytes_max: 64,
+        messages_max: 4,
+        bytes_max: 128,
+        total_messages_max: 8,
+        total_bytes_max: 256,
+        ttl_ms: 16,
+        purge_per_apply_max: 2,
+    };
+    Directory::with_all_limits(USERS_MAX, TOMBSTONES_MAX, limits)
 }
 
 /// Applies arbitrary bytes as directory entries (malformed ones must be refused and counted in the
-/// audit trail, never panic), with snapshot round trips in between.
+/// audit trail, never panic), with snapshot round trips in between. Mailboxes are small
+/// ([`fuzz_directory`]) so deposits reach every refusal and purge.
 pub fn directory_entries(data: &[u8]) {
-    let mut dir = Directory::new();
+    let mut dir = fuzz_directory();
     let mut rest = data;
     let mut index = 0u64;
     while let Some((&len, tail)) = rest.split_first() {
@@ -128,10 +168,10 @@ pub fn directory_entries(data: &[u8]) {
         rest = &tail[len..];
     }
     let snapshot = dir.snapshot();
-    let mut other = Directory::new();
+    let mut other = fuzz_directory();
     other.restore(&snapshot).expect("a snapshot restores");
     assert_eq!(other.digest(), dir.digest(), "restore(snapshot(x)) == x");
-    let mut scratch = Directory::new();
+    let mut scratch = fuzz_directory();
     let _ = scratch.restore(data);
     scratch.check_invariants();
 }

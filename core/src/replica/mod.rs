@@ -22,8 +22,9 @@ pub mod protocol;
 
 pub use presence::PresenceConfig;
 
-use crate::directory::{CommandBody, Directory, DirectoryEntry, Outcome, Username};
-use crate::ids::{ClientId, ConnId, LogIndex, NodeId, ReadId, RequestId, UserId};
+use crate::directory::mailbox::ENVELOPE_BYTES_MAX;
+use crate::directory::{CommandBody, Deposit, Directory, DirectoryEntry, Outcome, Username};
+use crate::ids::{ClientId, ConnId, LogIndex, MailboxSeq, NodeId, ReadId, RequestId, UserId};
 use crate::raft::io::{DropReason, Event, Input, Output, Proposal, Role, TimerKind};
 use crate::raft::storage::{PersistBatch, Recovered};
 use crate::raft::{Config, ProposeError, RaftNode, ReadError, StartError};
@@ -32,8 +33,8 @@ use crate::time::{Instant, Now};
 use conns::{Conn, Conns};
 use presence::{LeaderPresence, Leases, ReportTaken};
 use protocol::{
-    ClientFrame, Consistency, ForwardResult, LookupKey, LookupReply, PeerFrame, ReplicaFrame,
-    Reply, Request, RequestError,
+    ClientFrame, Consistency, ForwardResult, LookupKey, LookupReply, MailboxReply, PeerFrame,
+    ReplicaFrame, Reply, Request, RequestError, FETCH_MESSAGES_MAX, FETCH_REPLY_BYTES_MAX,
 };
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -173,14 +174,25 @@ enum Waiting {
     Read,
 }
 
+/// What a linearizable read serves once ready.
+#[derive(Clone, Debug)]
+enum ReadRequest {
+    Lookup(LookupKey),
+    /// A page of the connection's own mailbox.
+    Mailbox {
+        after: MailboxSeq,
+        max: u32,
+    },
+}
+
 #[derive(Clone, Debug)]
 struct Pending {
     conn: ConnId,
     id: RequestId,
     deadline: Instant,
     waiting: Waiting,
-    /// For reads: what to look up once ready.
-    lookup: Option<LookupKey>,
+    /// For reads: what to serve once ready.
+    read: Option<ReadRequest>,
 }
 
 /// Who waits for a command the leader proposed.
@@ -557,18 +569,36 @@ impl Replica {
                     self.answer(conn, id, Ok(Reply::Lookup(reply)));
                 }
                 Consistency::Linearizable => {
-                    let Some(token) = self.admit(conn, id, Waiting::Read, Some(key)) else {
-                        return;
-                    };
-                    if let Err(err) = self.node.read(self.now.instant, ReadId(token)) {
-                        let error = match err {
-                            ReadError::NoLeader => RequestError::NoLeader,
-                            _ => RequestError::Busy,
-                        };
-                        self.fail(token, error);
-                    }
+                    self.read_linearizable(conn, id, ReadRequest::Lookup(key));
                 }
             },
+            Request::Deposit {
+                session,
+                seq,
+                to,
+                message_id,
+                envelope,
+            } => {
+                // The directory refuses it too (`EnvelopeTooLarge`); refusing here keeps a
+                // doomed entry out of the log.
+                if envelope.len() > ENVELOPE_BYTES_MAX {
+                    self.refuse(conn, id, RequestError::TooLarge);
+                    return;
+                }
+                // The depositor is `user`, authenticated by the connection's login; it scopes
+                // the de-duplication session (thesis §6.3) but is not in the entry.
+                let entry = DirectoryEntry::Deposit(Deposit {
+                    recipient: to,
+                    message_id,
+                    envelope,
+                })
+                .encode();
+                self.submit_command(conn, id, scoped_client(&user, session), seq, entry);
+            }
+            // Only the connection's own user: there is no way to name another mailbox.
+            Request::FetchMailbox { after, max } => {
+                self.read_linearizable(conn, id, ReadRequest::Mailbox { after, max });
+            }
             Request::Subscribe(users) => {
                 if users.len() > self.cfg.subscriptions_max {
                     self.refuse(
@@ -586,6 +616,31 @@ impl Replica {
                     self.push_presence(conn, user, subject);
                 }
             }
+        }
+    }
+
+    /// Starts a ReadIndex round (thesis §6.4) for `read`, served at `ReadReady`.
+    fn read_linearizable(&mut self, conn: ConnId, id: RequestId, read: ReadRequest) {
+        let Some(token) = self.admit(conn, id, Waiting::Read, Some(read)) else {
+            return;
+        };
+        if let Err(err) = self.node.read(self.now.instant, ReadId(token)) {
+            let error = match err {
+                ReadError::NoLeader => RequestError::NoLeader,
+                _ => RequestError::Busy,
+            };
+            self.fail(token, error);
+        }
+    }
+
+    /// A page of `user`'s mailbox that fits in one client frame.
+    fn fetch_mailbox(&self, user: UserId, after: MailboxSeq, max: u32) -> MailboxReply {
+        let max = max.min(FETCH_MESSAGES_MAX) as usize;
+        MailboxReply {
+            page: self
+                .directory()
+                .fetch_mailbox(&user, after, max, FETCH_REPLY_BYTES_MAX),
+            index: self.node.applied(),
         }
     }
 
@@ -631,9 +686,10 @@ impl Replica {
         } else if self.proposed.len() >= self.cfg.forwards_max {
             Err(RequestError::Busy)
         } else {
-            // Only signed commands come from clients; presence entries are the leader's own.
+            // Only signed commands and deposits come from clients; presence entries are the
+            // leader's own.
             match DirectoryEntry::decode(&entry) {
-                Ok(DirectoryEntry::Signed(_))
+                Ok(DirectoryEntry::Signed(_) | DirectoryEntry::Deposit(_))
                     if entry.len() <= crate::directory::command::ENTRY_BYTES_MAX =>
                 {
                     self.propose(client, seq, entry)
@@ -777,10 +833,19 @@ impl Replica {
                     .is_some_and(|p| p.waiting == Waiting::Read) =>
             {
                 let p = self.take_pending(id.0).expect("present");
-                let user = self.conns.get(p.conn).and_then(|c| c.user);
-                let key = p.lookup.expect("a read carries its key");
-                let reply = self.lookup(&key, user.expect("logged in"), false);
-                self.answer(p.conn, p.id, Ok(Reply::Lookup(reply)));
+                // Pending requests belong to open, logged-in connections (checked invariant).
+                let user = self
+                    .conns
+                    .get(p.conn)
+                    .and_then(|c| c.user)
+                    .expect("logged in");
+                let reply = match p.read.expect("a read carries what it reads") {
+                    ReadRequest::Lookup(key) => Reply::Lookup(self.lookup(&key, user, false)),
+                    ReadRequest::Mailbox { after, max } => {
+                        Reply::Mailbox(self.fetch_mailbox(user, after, max))
+                    }
+                };
+                self.answer(p.conn, p.id, Ok(reply));
             }
             Event::ReadFailed { id }
                 if self
@@ -1006,7 +1071,7 @@ impl Replica {
         conn: ConnId,
         id: RequestId,
         waiting: Waiting,
-        lookup: Option<LookupKey>,
+        read: Option<ReadRequest>,
     ) -> Option<u64> {
         if self.pending.len() >= self.cfg.requests_max {
             self.refuse(conn, id, RequestError::Busy);
@@ -1022,7 +1087,7 @@ impl Replica {
                 id,
                 deadline,
                 waiting,
-                lookup,
+                read,
             },
         );
         self.by_deadline.insert((deadline, token));

@@ -2,8 +2,12 @@
 //! postcard frames. postcard is not self-describing, so each frame starts with a version byte and
 //! a decoder refuses what it does not know (ARCHITECTURE.md, "Versioned formats").
 
-use crate::directory::{CommandResult, Presence, SignedCommand, UserView, UsernameError};
-use crate::ids::{LogIndex, NodeId, RequestId, UserId};
+use crate::directory::command::DEPOSIT_OVERHEAD_BYTES_MAX;
+use crate::directory::mailbox::{ENVELOPE_BYTES_MAX, MAILBOX_MESSAGE_OVERHEAD_BYTES_MAX};
+use crate::directory::{
+    CommandResult, MailboxPage, Presence, SignedCommand, UserView, UsernameError,
+};
+use crate::ids::{LogIndex, MailboxSeq, MessageId, NodeId, RequestId, UserId};
 use crate::raft::message::Envelope;
 use crate::session::IdentityKeyPair;
 use ed25519_dalek::Signature;
@@ -18,6 +22,21 @@ pub const PEER_PROTOCOL_VERSION: u8 = 1;
 pub const CLIENT_FRAME_BYTES_MAX: usize = 16 * 1024;
 /// Domain separation of the login signature.
 pub const LOGIN_DOMAIN: &[u8] = b"Paloma login v1\0";
+/// The most envelopes one mailbox fetch returns.
+pub const FETCH_MESSAGES_MAX: u32 = 64;
+/// Room in a client frame for everything of a fetch reply but its messages: version, frame tag,
+/// varint request id, result and reply tags, the message count, `more`, the index (generous).
+const FETCH_REPLY_OVERHEAD_BYTES_MAX: usize = 64;
+/// Encoded bytes of the messages one fetch reply carries at most (beyond the first, which always
+/// fits): what is left of a client frame.
+pub const FETCH_REPLY_BYTES_MAX: usize = CLIENT_FRAME_BYTES_MAX - FETCH_REPLY_OVERHEAD_BYTES_MAX;
+// The largest envelope fits in a fetch reply...
+const _: () =
+    assert!(MAILBOX_MESSAGE_OVERHEAD_BYTES_MAX + ENVELOPE_BYTES_MAX <= FETCH_REPLY_BYTES_MAX);
+// ...and in a deposit request (frame version and tag, request id, request tag, session, seq: 33
+// bytes at most besides the deposit's own fields).
+const _: () =
+    assert!(33 + DEPOSIT_OVERHEAD_BYTES_MAX + ENVELOPE_BYTES_MAX <= CLIENT_FRAME_BYTES_MAX);
 
 /// How fresh a read must be.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -63,6 +82,34 @@ pub enum Request {
     },
     /// Push presence changes of these users to this connection (replaces the previous set).
     Subscribe(Vec<UserId>),
+    /// Deposit an envelope in `to`'s mailbox (DESIGN.md §6.3). Proposed through the leader like
+    /// a command and de-duplicated by the same `(session, seq)`; answered by `Reply::Command`
+    /// with `Outcome::Deposited` once committed and applied, or a typed refusal
+    /// (`MailboxFull`, `UnknownUser`, ...). The depositor is the logged-in user, and nothing of
+    /// them enters the replicated entry. (Mailbox requests appended last: the variant index is
+    /// part of the encoding.)
+    Deposit {
+        /// The client's de-duplication session (as for `Command`).
+        session: u64,
+        /// The request's sequence number in the session.
+        seq: u64,
+        /// The recipient.
+        to: UserId,
+        /// The sender's id for the message (a mailbox holds one envelope per id).
+        message_id: MessageId,
+        /// The ciphertext, at most `ENVELOPE_BYTES_MAX` bytes.
+        envelope: Vec<u8>,
+    },
+    /// Read the logged-in user's own mailbox after `after`: at most `max` envelopes (and at most
+    /// [`FETCH_MESSAGES_MAX`], and what fits in one frame). Linearizable (a ReadIndex round):
+    /// every deposit acknowledged before the request is seen. Acknowledging is a signed
+    /// `Command` (`CommandBody::AckMailbox`), like every other change of a user's state.
+    FetchMailbox {
+        /// The cursor: envelopes with a higher seq.
+        after: MailboxSeq,
+        /// The most envelopes wanted.
+        max: u32,
+    },
 }
 
 /// A client → replica frame.
@@ -113,6 +160,17 @@ pub enum Reply {
     /// The subscription was replaced; the current presence of each visible subject follows as
     /// pushes.
     Subscribed,
+    /// A page of the logged-in user's mailbox. (Appended last.)
+    Mailbox(MailboxReply),
+}
+
+/// A mailbox fetch's answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MailboxReply {
+    /// The envelopes and whether more follow.
+    pub page: MailboxPage,
+    /// The replica's applied index the answer reflects.
+    pub index: LogIndex,
 }
 
 /// Why a request failed. Variants marked *outcome unknown* may have been applied: retry with the

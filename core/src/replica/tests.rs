@@ -544,3 +544,191 @@ fn fuzz_entry_points_survive_simple_inputs() {
     assert_eq!(super::fuzz::replica_client_frames(&[0; 64]), 0);
     super::fuzz::directory_entries(&[2, 1, 0, 0, 0, 0, 0, 0, 0, 9]);
 }
+
+// ----- mailboxes --------------------------------------------------------------------------
+
+fn deposit_request(
+    session: u64,
+    seq: u64,
+    to: &IdentityKeyPair,
+    id: u8,
+    envelope: Vec<u8>,
+) -> Request {
+    Request::Deposit {
+        session,
+        seq,
+        to: to.user_id(),
+        message_id: crate::ids::MessageId([id; 16]),
+        envelope,
+    }
+}
+
+fn fetch(
+    c: &mut LocalCluster,
+    conn: ConnId,
+    rid: u64,
+    after: u64,
+) -> super::protocol::MailboxReply {
+    let read = Request::FetchMailbox {
+        after: crate::ids::MailboxSeq(after),
+        max: 64,
+    };
+    match request(c, conn, rid, read) {
+        Ok(Reply::Mailbox(reply)) => reply,
+        other => panic!("a mailbox page expected: {other:?}"),
+    }
+}
+
+#[test]
+fn a_deposit_on_a_follower_commits_and_is_fetched_and_acknowledged_on_another_replica() {
+    use crate::ids::MailboxSeq;
+    let (mut c, leader, follower) = cluster();
+    let third = c
+        .replicas
+        .keys()
+        .copied()
+        .find(|id| *id != leader && *id != follower)
+        .expect("3 replicas");
+    let (alice, bob) = (identity(1), identity(2));
+    let a = logged_in(&mut c, third, &alice);
+    register(&mut c, a, &alice, "alice");
+    // Bob need not be registered: the connection's login is what authenticates a depositor.
+    let b = logged_in(&mut c, follower, &bob);
+    let deposit = deposit_request(7, 1, &alice, 1, b"ciphertext".to_vec());
+    let stored = request(&mut c, b, 1, deposit.clone());
+    let Ok(Reply::Command(Ok(Outcome::Deposited {
+        seq,
+        expires_unix_ms,
+    }))) = stored
+    else {
+        panic!("a deposit is answered once committed: {stored:?}");
+    };
+    assert_eq!(seq, MailboxSeq(1));
+    let clock = c.replicas[&leader].directory().clock_unix_ms();
+    assert!(
+        expires_unix_ms > clock,
+        "stamped with directory time plus the TTL"
+    );
+    // A retry with the same (session, seq) is answered, not applied again.
+    assert_eq!(request(&mut c, b, 2, deposit), stored);
+    // Alice fetches on the third replica (a linearizable read through the leader).
+    let page = fetch(&mut c, a, 2, 0).page;
+    assert_eq!(page.messages.len(), 1, "{page:?}");
+    assert_eq!(
+        (
+            page.messages[0].seq,
+            page.messages[0].envelope.as_slice(),
+            page.more
+        ),
+        (MailboxSeq(1), &b"ciphertext"[..], false)
+    );
+    // Bob's fetch reads Bob's own mailbox: there is no way to name Alice's.
+    assert!(fetch(&mut c, b, 3, 0).page.messages.is_empty());
+    // Alice acknowledges with her signed command; it deletes on every replica.
+    let ack = SignedCommand::sign(
+        &alice,
+        2,
+        expires(&c),
+        CommandBody::AckMailbox { upto: seq },
+    );
+    assert_eq!(
+        command(&mut c, a, 4, 2, ack),
+        Ok(Reply::Command(Ok(Outcome::Acked { removed: 1 })))
+    );
+    assert!(fetch(&mut c, a, 5, 0).page.messages.is_empty());
+    for _ in 0..10 {
+        c.advance(Duration::from_millis(50));
+    }
+    for r in c.replicas.values() {
+        let mailbox = r
+            .directory()
+            .mailbox(&alice.user_id())
+            .expect("kept for its seqs");
+        assert_eq!((mailbox.len(), mailbox.last_seq()), (0, MailboxSeq(1)));
+    }
+    c.check_invariants();
+}
+
+#[test]
+fn mailbox_requests_are_refused_before_login_for_foreign_acks_and_when_oversized() {
+    use crate::directory::mailbox::ENVELOPE_BYTES_MAX;
+    use crate::ids::MailboxSeq;
+    let (mut c, leader, follower) = cluster();
+    let (alice, bob) = (identity(1), identity(2));
+    let a = logged_in(&mut c, leader, &alice);
+    register(&mut c, a, &alice, "alice");
+    let anonymous = c.connect(follower);
+    c.take(anonymous);
+    let fetch_request = Request::FetchMailbox {
+        after: MailboxSeq(0),
+        max: 1,
+    };
+    assert_eq!(
+        request(&mut c, anonymous, 1, fetch_request),
+        Err(RequestError::NotLoggedIn)
+    );
+    let deposit = deposit_request(1, 1, &alice, 1, vec![1]);
+    assert_eq!(
+        request(&mut c, anonymous, 2, deposit),
+        Err(RequestError::NotLoggedIn)
+    );
+    let b = logged_in(&mut c, follower, &bob);
+    // An ack Alice signed, sent by Bob (say, captured): refused before it reaches Raft.
+    let ack = SignedCommand::sign(
+        &alice,
+        2,
+        expires(&c),
+        CommandBody::AckMailbox {
+            upto: MailboxSeq(0),
+        },
+    );
+    assert_eq!(
+        command(&mut c, b, 3, 1, ack),
+        Err(RequestError::WrongSigner)
+    );
+    let big = deposit_request(1, 1, &alice, 1, vec![0; ENVELOPE_BYTES_MAX + 1]);
+    assert_eq!(request(&mut c, b, 4, big), Err(RequestError::TooLarge));
+    assert_eq!(
+        request(&mut c, b, 5, deposit_request(1, 1, &bob, 1, vec![1])),
+        Ok(Reply::Command(Err(CommandError::UnknownUser))),
+        "Bob is not registered: he has no mailbox"
+    );
+    assert!(c.replicas[&leader]
+        .directory()
+        .mailbox(&alice.user_id())
+        .is_none());
+    c.check_invariants();
+}
+
+#[test]
+fn a_page_of_the_largest_envelopes_fits_in_one_client_frame() {
+    use super::protocol::CLIENT_FRAME_BYTES_MAX;
+    use crate::directory::mailbox::ENVELOPE_BYTES_MAX;
+    let (mut c, leader, _) = cluster();
+    let (alice, bob) = (identity(1), identity(2));
+    let a = logged_in(&mut c, leader, &alice);
+    register(&mut c, a, &alice, "alice");
+    let b = logged_in(&mut c, leader, &bob);
+    for seq in 1..=3u8 {
+        let deposit = deposit_request(
+            1,
+            u64::from(seq),
+            &alice,
+            seq,
+            vec![seq; ENVELOPE_BYTES_MAX],
+        );
+        let r = request(&mut c, b, u64::from(seq), deposit);
+        assert!(matches!(r, Ok(Reply::Command(Ok(_)))), "{r:?}");
+    }
+    // `fetch` goes through the harness, which decodes every frame under the client frame limit.
+    let reply = fetch(&mut c, a, 9, 0);
+    assert_eq!((reply.page.messages.len(), reply.page.more), (1, true));
+    let frame = super::protocol::ReplicaFrame::Response {
+        id: RequestId(u64::MAX),
+        result: Ok(Reply::Mailbox(reply)),
+    };
+    assert!(frame.encode().len() <= CLIENT_FRAME_BYTES_MAX);
+    let rest = fetch(&mut c, a, 10, 1);
+    assert_eq!(rest.page.messages.len(), 1);
+    c.check_invariants();
+}

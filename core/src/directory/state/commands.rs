@@ -7,9 +7,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use super::AuditRecord;
 use super::{addresses_ok, Directory, Presence, Tombstone, UserRecord};
 use crate::directory::command::{
-    Bundle, CommandBody, CommandError, CommandResult, OneTimePrekey, Outcome, PresenceBatch,
-    PresenceChange, SignedCommand, SignedPrekey, Username, Visibility, COMMAND_VALIDITY_MAX_MS,
-    CONTACTS_MAX, ONE_TIME_PREKEYS_MAX, PRESENCE_BATCH_MAX,
+    Bundle, CommandBody, CommandError, CommandResult, Deposit, OneTimePrekey, Outcome,
+    PresenceBatch, PresenceChange, SignedCommand, SignedPrekey, Username, Visibility,
+    COMMAND_VALIDITY_MAX_MS, CONTACTS_MAX, ONE_TIME_PREKEYS_MAX, PRESENCE_BATCH_MAX,
 };
 use crate::ids::{LogIndex, UserId};
 #[cfg(any(test, feature = "testing"))]
@@ -95,7 +95,29 @@ impl Directory {
                 Ok(Outcome::Done)
             }
             CommandBody::Deregister => self.deregister(user, counter),
+            CommandBody::AckMailbox { upto } => {
+                // Only the signer's own mailbox: the signature is the proof of ownership.
+                if !self.users.contains_key(&user) {
+                    return Err(CommandError::NotRegistered);
+                }
+                let removed = self.mailboxes.ack(&user, *upto)?;
+                self.users.get_mut(&user).expect("checked above").counter = counter;
+                Ok(Outcome::Acked { removed })
+            }
         }
+    }
+
+    /// Stores an envelope in a registered recipient's mailbox, stamped with directory time (the
+    /// mailbox's own checks and their order are in `Mailboxes::deposit`).
+    pub(super) fn apply_deposit(&mut self, deposit: &Deposit) -> CommandResult {
+        if !self.users.contains_key(&deposit.recipient) {
+            return Err(CommandError::UnknownUser);
+        }
+        let done = self.mailboxes.deposit(deposit, self.clock_unix_ms)?;
+        Ok(Outcome::Deposited {
+            seq: done.seq,
+            expires_unix_ms: done.expires_unix_ms,
+        })
     }
 
     fn register(&mut self, user: UserId, cmd: &SignedCommand) -> CommandResult {
@@ -289,6 +311,8 @@ impl Directory {
             return Err(CommandError::DirectoryFull);
         }
         let record = self.users.remove(&user).expect("checked above");
+        // The mailbox goes with the record: no one could fetch or acknowledge it any more.
+        self.mailboxes.remove_user(&user);
         assert_eq!(
             self.names.remove(&record.username),
             Some(user),

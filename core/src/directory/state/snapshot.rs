@@ -1,7 +1,10 @@
-//! The snapshot format, version 1: the version byte, then postcard of the clock, the records,
-//! the tombstones and the audit trail. Derived indexes (names, tombstone expiry) are not written;
-//! a restore rebuilds them and refuses any snapshot that breaks an invariant, so a bad snapshot
-//! is an error and never a panic.
+//! The snapshot format, version 2: the version byte, then postcard of the clock, the records,
+//! the tombstones, the audit trail and the mailboxes (each: its last seq and its envelopes by
+//! seq). Version 1 is version 2 without the mailboxes, and is still read (as empty mailboxes), so
+//! a replica of this release restores a snapshot of the previous one (ARCHITECTURE.md, "Versioned
+//! formats"). Derived indexes (names, tombstone expiry, message ids, envelope expiry, sums) are
+//! not written; a restore rebuilds them and refuses any snapshot that breaks an invariant, so a
+//! bad snapshot is an error and never a panic.
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -10,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use super::{addresses_ok, AuditRecord, Directory, Tombstone, UserRecord};
 use super::{AUDIT_RECORDS_MAX, SNAPSHOT_VERSION};
 use crate::directory::command::{CONTACTS_MAX, ONE_TIME_PREKEYS_MAX};
+use crate::directory::mailbox::{Mailbox, MailboxLimits, MailboxSnapshot, Mailboxes};
 use crate::ids::UserId;
 use crate::raft::state_machine::SnapshotDecodeError;
 
@@ -21,6 +25,7 @@ impl Directory {
             users: &self.users,
             tombstones: &self.tombstones,
             audit: &self.audit,
+            mailboxes: self.mailboxes.content(),
         };
         let mut out = vec![SNAPSHOT_VERSION];
         postcard::to_io(&snapshot, &mut out).expect("encoding to a Vec cannot fail");
@@ -32,16 +37,21 @@ impl Directory {
         data: &[u8],
         users_max: usize,
         tombstones_max: usize,
+        mailbox_limits: MailboxLimits,
     ) -> Result<Directory, SnapshotDecodeError> {
         let (&version, body) = data.split_first().ok_or(SnapshotDecodeError::Empty)?;
-        if version != SNAPSHOT_VERSION {
-            return Err(SnapshotDecodeError::Version(version));
-        }
-        let (snapshot, tail) = postcard::take_from_bytes::<SnapshotOwned>(body)?;
+        let (snapshot, tail) = match version {
+            SNAPSHOT_VERSION => postcard::take_from_bytes::<SnapshotOwned>(body)?,
+            1 => {
+                let (v1, tail) = postcard::take_from_bytes::<SnapshotOwnedV1>(body)?;
+                (v1.into(), tail)
+            }
+            _ => return Err(SnapshotDecodeError::Version(version)),
+        };
         if !tail.is_empty() {
             return Err(SnapshotDecodeError::Inconsistent("trailing bytes"));
         }
-        Directory::from_snapshot(snapshot, users_max, tombstones_max)
+        Directory::from_snapshot(snapshot, users_max, tombstones_max, mailbox_limits)
     }
 
     /// Rebuilds a directory from a decoded snapshot, checking what the encoding cannot.
@@ -49,9 +59,10 @@ impl Directory {
         snapshot: SnapshotOwned,
         users_max: usize,
         tombstones_max: usize,
+        mailbox_limits: MailboxLimits,
     ) -> Result<Directory, SnapshotDecodeError> {
         use SnapshotDecodeError::Inconsistent;
-        let mut dir = Directory::with_limits(users_max, tombstones_max);
+        let mut dir = Directory::with_all_limits(users_max, tombstones_max, mailbox_limits);
         dir.clock_unix_ms = snapshot.clock_unix_ms;
         if snapshot.users.len() > users_max {
             return Err(Inconsistent("more users than the bound"));
@@ -104,12 +115,18 @@ impl Directory {
             return Err(Inconsistent("more audit records than the bound"));
         }
         dir.audit = snapshot.audit;
+        dir.mailboxes = Mailboxes::from_snapshot(
+            snapshot.mailboxes,
+            mailbox_limits,
+            |user| dir.users.contains_key(user),
+            dir.clock_unix_ms,
+        )?;
         dir.check_invariants();
         Ok(dir)
     }
 }
 
-/// Version 1 of the snapshot body, as written. postcard writes a map as its length and then
+/// Version 2 of the snapshot body, as written. postcard writes a map as its length and then
 /// key-value pairs, exactly as it writes a sequence of pairs, so [`SnapshotOwned`] reads it back
 /// (the round-trip tests hold the two together). The name index is derived and not written.
 #[derive(Serialize)]
@@ -118,9 +135,10 @@ struct SnapshotRef<'a> {
     users: &'a BTreeMap<UserId, UserRecord>,
     tombstones: &'a BTreeMap<UserId, Tombstone>,
     audit: &'a VecDeque<AuditRecord>,
+    mailboxes: &'a BTreeMap<UserId, Mailbox>,
 }
 
-/// Version 1 of the snapshot body, as read: maps as sequences, so repeats can be refused rather
+/// Version 2 of the snapshot body, as read: maps as sequences, so repeats can be refused rather
 /// than silently merged.
 #[derive(Deserialize)]
 struct SnapshotOwned {
@@ -128,4 +146,26 @@ struct SnapshotOwned {
     users: Vec<(UserId, UserRecord)>,
     tombstones: Vec<(UserId, Tombstone)>,
     audit: VecDeque<AuditRecord>,
+    mailboxes: Vec<(UserId, MailboxSnapshot)>,
+}
+
+/// Version 1 of the snapshot body (before mailboxes), as read.
+#[derive(Deserialize)]
+struct SnapshotOwnedV1 {
+    clock_unix_ms: u64,
+    users: Vec<(UserId, UserRecord)>,
+    tombstones: Vec<(UserId, Tombstone)>,
+    audit: VecDeque<AuditRecord>,
+}
+
+impl From<SnapshotOwnedV1> for SnapshotOwned {
+    fn from(v1: SnapshotOwnedV1) -> SnapshotOwned {
+        SnapshotOwned {
+            clock_unix_ms: v1.clock_unix_ms,
+            users: v1.users,
+            tombstones: v1.tombstones,
+            audit: v1.audit,
+            mailboxes: Vec::new(),
+        }
+    }
 }

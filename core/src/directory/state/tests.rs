@@ -205,4 +205,5 @@ fn name(raw: &str) -> Username {
 
 mod commands;
 mod history;
+mod mailbox;
 mod snapshot;

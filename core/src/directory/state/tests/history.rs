@@ -1,8 +1,25 @@
 //! Random histories from three identities (plus an unknown user), applied to two directories,
-//! the second replaced midway by a restore of its own snapshot.
+//! the second replaced midway by a restore of its own snapshot. Mailboxes have small bounds and
+//! a short TTL, so histories reach the quotas and the purges.
 
 use super::*;
+use crate::directory::command::Deposit;
+use crate::directory::mailbox::MailboxLimits;
+use crate::ids::{MailboxSeq, MessageId};
 use proptest::prelude::*;
+
+/// Small mailbox bounds, and a TTL the clock steps cross in a few steps.
+fn limits() -> MailboxLimits {
+    MailboxLimits {
+        envelope_bytes_max: 16,
+        messages_max: 3,
+        bytes_max: 24,
+        total_messages_max: 5,
+        total_bytes_max: 40,
+        ttl_ms: 5 * 60 * 1000,
+        purge_per_apply_max: 2,
+    }
+}
 
 const NAMES: [&str; 5] = ["alice", "Alice", "bob", "carol", "x"];
 
@@ -49,6 +66,15 @@ enum Op {
     Expired {
         who: usize,
     },
+    Deposit {
+        to: usize,
+        id: u8,
+        len: usize,
+    },
+    Ack {
+        who: usize,
+        upto: u64,
+    },
     Garbage(Vec<u8>),
 }
 
@@ -72,7 +98,9 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (-120_000i64..=COMMAND_VALIDITY_MAX_MS as i64 + 60_000)
             .prop_map(|delta_ms| Op::Clock { delta_ms }),
         2 => any::<usize>().prop_map(|back| Op::Replay { back }),
-        1 => who.prop_map(|who| Op::Expired { who }),
+        1 => who.clone().prop_map(|who| Op::Expired { who }),
+        6 => (0..4usize, 0..6u8, 0..=17usize).prop_map(|(to, id, len)| Op::Deposit { to, id, len }),
+        3 => (who, 0..8u64).prop_map(|(who, upto)| Op::Ack { who, upto }),
         1 => proptest::collection::vec(any::<u8>(), 0..8).prop_map(Op::Garbage),
     ]
 }
@@ -140,6 +168,22 @@ impl World {
                 )
             }
             Op::Deregister { who } => (who, CommandBody::Deregister),
+            Op::Ack { who, upto } => (
+                who,
+                CommandBody::AckMailbox {
+                    upto: MailboxSeq(upto),
+                },
+            ),
+            Op::Deposit { to, id, len } => {
+                // The same id mostly carries the same bytes (a retry), sometimes not (a conflict).
+                let byte = id.wrapping_add(u8::from(len % 5 == 0));
+                let deposit = Deposit {
+                    recipient: self.id(to),
+                    message_id: MessageId([id; 16]),
+                    envelope: vec![byte; len],
+                };
+                return Some(DirectoryEntry::Deposit(deposit).encode());
+            }
             Op::Expired { who } => {
                 let cmd = self.clients[who]
                     .sign(clock_unix_ms.saturating_sub(1), CommandBody::Deregister);
@@ -184,7 +228,8 @@ proptest! {
             now_unix_ms: T0,
         };
         // Small bounds, so histories reach them.
-        let (mut a, mut b) = (Directory::with_limits(2, 1), Directory::with_limits(2, 1));
+        let new = || Directory::with_all_limits(2, 1, limits());
+        let (mut a, mut b) = (new(), new());
         let mut handed_out = BTreeSet::new();
         // Two users from the start, so most commands have someone to act on.
         let prelude = [
@@ -194,13 +239,14 @@ proptest! {
         let ops: Vec<Op> = prelude.into_iter().chain(ops).collect();
         for (step, op) in ops.iter().enumerate() {
             if step == ops.len() / 2 {
-                let mut restored = Directory::with_limits(2, 1);
+                let mut restored = new();
                 restored.restore(&b.snapshot()).expect("restores");
                 b = restored;
                 prop_assert_eq!(a.digest(), b.digest());
             }
             let Some(bytes) = world.entry(op, a.clock_unix_ms()) else { continue };
             let users_before = a.users.clone();
+            let mailboxes_before = a.mailboxes.clone();
             let context = ctx(step as u64 + 1, world.now_unix_ms);
             let response = a.apply(&context, &bytes);
             prop_assert_eq!(&response, &b.apply(&context, &bytes));
@@ -208,7 +254,20 @@ proptest! {
             b.check_invariants();
             prop_assert_eq!(a.digest(), b.digest());
             match decode_result(&response).expect("responses decode") {
-                Err(_) => prop_assert_eq!(&a.users, &users_before, "a refusal changed records"),
+                Err(_) => {
+                    prop_assert_eq!(&a.users, &users_before, "a refusal changed records");
+                    // Only the purge of expired envelopes may have changed a mailbox.
+                    let mut purged = mailboxes_before;
+                    purged.purge_expired(a.clock_unix_ms());
+                    prop_assert_eq!(&a.mailboxes, &purged, "a refusal changed a mailbox");
+                }
+                Ok(Outcome::Deposited { seq, .. }) => {
+                    let Ok(DirectoryEntry::Deposit(d)) = DirectoryEntry::decode(&bytes) else {
+                        panic!("only deposits are answered `Deposited`");
+                    };
+                    let held = a.mailbox(&d.recipient).and_then(|m| m.messages().find(|m| m.seq == seq));
+                    prop_assert_eq!(held.map(|m| (&m.envelope, m.message_id)), Some((&d.envelope, d.message_id)));
+                }
                 Ok(Outcome::Bundle { bundle, pool_empty }) => {
                     prop_assert_eq!(pool_empty, bundle.one_time_prekey.is_none());
                     if let Some(key) = bundle.one_time_prekey {

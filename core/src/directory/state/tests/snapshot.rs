@@ -1,9 +1,23 @@
-//! Snapshots: a round trip keeps state and behaviour; a bad snapshot is refused unapplied.
+//! Snapshots: a round trip keeps state and behaviour; a bad snapshot is refused unapplied; the
+//! previous version still restores.
 
 use super::*;
+use crate::directory::command::Deposit;
+use crate::directory::mailbox::{Mailbox, MailboxLimits};
+use crate::ids::{MailboxSeq, MessageId};
+
+fn deposit(to: UserId, id: u8, envelope: &[u8]) -> Vec<u8> {
+    DirectoryEntry::Deposit(Deposit {
+        recipient: to,
+        message_id: MessageId([id; 16]),
+        envelope: envelope.to_vec(),
+    })
+    .encode()
+}
 
 /// A directory with a bit of everything: users, a drained pool, presence, visibility, a
-/// tombstone, refusals in the audit trail.
+/// tombstone, mailboxes (one partly acknowledged, one deleted with its owner), refusals in the
+/// audit trail.
 fn busy() -> (Harness, Vec<Client>) {
     let mut h = Harness::new();
     let mut clients: Vec<Client> = (1..=3).map(Client::new).collect();
@@ -25,6 +39,14 @@ fn busy() -> (Harness, Vec<Client>) {
     assert!(h
         .apply_bytes(&DirectoryEntry::Presence(online).encode())
         .is_ok());
+    for (to, id) in [(0, 1), (0, 2), (1, 3), (2, 4), (0, 5)] {
+        h.now_unix_ms += 7;
+        assert!(h.apply_bytes(&deposit(ids[to], id, &[id; 40])).is_ok());
+    }
+    let ack = CommandBody::AckMailbox {
+        upto: MailboxSeq(1),
+    };
+    assert!(h.run(&mut clients[0], ack).is_ok());
     assert!(h.run(&mut clients[2], CommandBody::Deregister).is_ok());
     assert_eq!(h.apply_bytes(b"garbage"), Err(CommandError::Version(b'g')));
     (h, clients)
@@ -58,6 +80,15 @@ fn a_snapshot_restores_the_same_state_and_behaviour() {
         encode(&clients[1].sign(h.expires(), CommandBody::ClaimBundle { target })),
         encode(&clients[1].sign(h.expires(), CommandBody::ClaimBundle { target })),
         encode(&old),
+        deposit(target, 2, &[2; 40]),
+        deposit(target, 9, b"new"),
+        encode(&clients[0].sign(
+            h.expires(),
+            CommandBody::AckMailbox {
+                upto: MailboxSeq(3),
+            },
+        )),
+        deposit(target, 10, b"newer"),
         encode(&clients[0].sign(h.expires(), CommandBody::Deregister)),
     ];
     for bytes in bodies {
@@ -96,11 +127,75 @@ fn a_bad_snapshot_is_refused_and_changes_nothing() {
     let mut trailing = good.clone();
     trailing.push(0);
     let mut version = good.clone();
-    version[0] = 2;
+    version[0] = 3;
+    // Each spoils Alice's mailbox in one way and names the refusal.
+    type Spoil = fn(&mut Mailbox);
+    let mailbox_cases: [(Spoil, &str); 6] = [
+        (
+            |m| *m.parts_mut().0 = MailboxSeq(1),
+            "an envelope seq outside 1..=last seq",
+        ),
+        (
+            |m| {
+                m.parts_mut()
+                    .1
+                    .values_mut()
+                    .for_each(|e| e.expires_unix_ms += 1)
+            },
+            "an envelope's expiry is not its deposit plus the TTL",
+        ),
+        (
+            |m| {
+                m.parts_mut()
+                    .1
+                    .values_mut()
+                    .for_each(|e| e.deposited_unix_ms = u64::MAX)
+            },
+            "an envelope deposited after the directory's time",
+        ),
+        (
+            |m| {
+                (m.parts_mut().1.values_mut()).for_each(|e| e.message_id = MessageId([0; 16]));
+            },
+            "a message id twice in one mailbox",
+        ),
+        (
+            |m| {
+                m.parts_mut()
+                    .1
+                    .values_mut()
+                    .for_each(|e| e.seq = MailboxSeq(77))
+            },
+            "an envelope filed under another seq",
+        ),
+        (
+            |m| {
+                let last = m.parts_mut().1.values_mut().last().unwrap();
+                last.deposited_unix_ms = T0;
+                last.expires_unix_ms = T0 + MailboxLimits::default().ttl_ms;
+            },
+            "envelopes deposited out of seq order",
+        ),
+    ];
+    let mut bad_mailboxes: Vec<(Vec<u8>, &str)> = mailbox_cases
+        .into_iter()
+        .map(|(spoil, why)| {
+            let mut dir = h.dir.clone();
+            spoil(dir.mailboxes.boxes_mut().get_mut(&alice).unwrap());
+            (dir.snapshot(), why)
+        })
+        .collect();
+    let mut orphan = h.dir.clone();
+    let alices = orphan.mailboxes.boxes_mut()[&alice].clone();
+    orphan
+        .mailboxes
+        .boxes_mut()
+        .insert(numbered_user(7), alices);
+    bad_mailboxes.push((orphan.snapshot(), "a mailbox of an unregistered user"));
     use SnapshotDecodeError::{Empty, Inconsistent, Version};
     let cases = [
         (Vec::new(), Some(Empty)),
-        (version, Some(Version(2))),
+        (version, Some(Version(3))),
         (good[..good.len() / 2].to_vec(), None),
         (trailing, Some(Inconsistent("trailing bytes"))),
         (
@@ -120,6 +215,11 @@ fn a_bad_snapshot_is_refused_and_changes_nothing() {
             Some(Inconsistent("a live user has a tombstone")),
         ),
     ];
+    let cases = cases.into_iter().chain(
+        bad_mailboxes
+            .into_iter()
+            .map(|(bytes, why)| (bytes, Some(Inconsistent(why)))),
+    );
     for (bytes, expected) in cases {
         let err = target.dir.restore(&bytes).expect_err("a bad snapshot");
         match expected {
@@ -128,4 +228,65 @@ fn a_bad_snapshot_is_refused_and_changes_nothing() {
         }
         assert_eq!(target.dir, before, "a refused restore changes nothing");
     }
+}
+
+#[test]
+fn a_snapshot_over_the_restoring_directorys_mailbox_bounds_is_refused() {
+    let (h, _) = busy();
+    let good = h.dir.snapshot();
+    let alice = h.dir.lookup(&name("alice")).unwrap().user;
+    assert_eq!(h.dir.mailbox(&alice).map(Mailbox::len), Some(2));
+    let tight =
+        |limits: MailboxLimits| Directory::with_all_limits(USERS_MAX, TOMBSTONES_MAX, limits);
+    let mut quota = tight(MailboxLimits {
+        messages_max: 1,
+        ..MailboxLimits::default()
+    });
+    assert_eq!(
+        quota.restore(&good),
+        Err(SnapshotDecodeError::Inconsistent(
+            "a mailbox over its quota"
+        ))
+    );
+    let mut global = tight(MailboxLimits {
+        total_bytes_max: 80,
+        ..MailboxLimits::default()
+    });
+    assert_eq!(
+        global.restore(&good),
+        Err(SnapshotDecodeError::Inconsistent(
+            "mailboxes over the global bounds"
+        ))
+    );
+    let mut envelope = tight(MailboxLimits {
+        envelope_bytes_max: 39,
+        ..MailboxLimits::default()
+    });
+    assert_eq!(
+        envelope.restore(&good),
+        Err(SnapshotDecodeError::Inconsistent(
+            "an envelope over its bound"
+        ))
+    );
+}
+
+#[test]
+fn a_version_1_snapshot_still_restores_with_empty_mailboxes() {
+    let mut h = Harness::new();
+    let mut alice = Client::new(1);
+    h.register(&mut alice, "alice", 2);
+    let v2 = h.dir.snapshot();
+    // Version 1 is version 2 without the mailbox list: here the list is empty, one zero byte.
+    assert_eq!(v2.last(), Some(&0));
+    let mut v1 = v2[..v2.len() - 1].to_vec();
+    v1[0] = 1;
+    let mut restored = Directory::new();
+    restored.restore(&v1).expect("version 1 restores");
+    assert_eq!(restored.digest(), h.dir.digest());
+    // The same bytes labelled version 2 are one field short.
+    v1[0] = 2;
+    assert!(matches!(
+        Directory::new().restore(&v1),
+        Err(SnapshotDecodeError::Codec(_))
+    ));
 }
