@@ -48,6 +48,15 @@ impl DetRng {
     }
 }
 
+/// Key material comes from the injected seed too (ARCHITECTURE.md, "Determinism"): a runtime seeds
+/// each machine from the operating system's generator, a simulator from the run's seed, so one seed
+/// replays a run bit for bit, keys included.
+impl crate::session::Entropy for DetRng {
+    fn fill(&mut self, dest: &mut [u8]) {
+        DetRng::fill(self, dest);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,7 +5,7 @@
 use crate::directory::command::ONE_TIME_PREKEYS_MAX;
 use crate::directory::{OneTimePrekey, SignedPrekey};
 use crate::rng::DetRng;
-use crate::session::{Entropy, IdentityKeyPair, OneTimePrekeyPair, PrekeyId, SignedPrekeyPair};
+use crate::session::{IdentityKeyPair, OneTimePrekeyPair, PrekeyId, SignedPrekeyPair};
 use std::collections::BTreeMap;
 
 /// One-time prekeys a client holds private halves for: a full directory pool plus one full
@@ -14,21 +14,11 @@ pub const ONE_TIME_PREKEYS_HELD_MAX: usize = 2 * ONE_TIME_PREKEYS_MAX;
 /// One-time prekeys a registration publishes: a full pool, as Signal's first upload does.
 pub const REGISTER_ONE_TIME_PREKEYS: usize = ONE_TIME_PREKEYS_MAX;
 
-/// `DetRng` as the session layer's entropy source.
-#[derive(Debug)]
-pub(crate) struct SeededEntropy(pub(crate) DetRng);
-
-impl Entropy for SeededEntropy {
-    fn fill(&mut self, buf: &mut [u8]) {
-        self.0.fill(buf);
-    }
-}
-
 /// The signed prekey in use, the one it replaced (kept so initial messages sent against it while
 /// a rotation propagated still open, X3DH §3.2), and the one-time prekeys.
 #[derive(Debug)]
 pub(crate) struct KeyRing {
-    entropy: SeededEntropy,
+    entropy: DetRng,
     signed: Option<SignedPrekeyPair>,
     previous: Option<SignedPrekeyPair>,
     one_time: BTreeMap<PrekeyId, OneTimePrekeyPair>,
@@ -39,7 +29,7 @@ pub(crate) struct KeyRing {
 impl KeyRing {
     pub(crate) fn new(seed: u64) -> KeyRing {
         KeyRing {
-            entropy: SeededEntropy(DetRng::fork(seed, "client-keys")),
+            entropy: DetRng::fork(seed, "client-keys"),
             signed: None,
             previous: None,
             one_time: BTreeMap::new(),
@@ -148,7 +138,7 @@ mod tests {
 
     #[test]
     fn keys_are_reproducible_signed_and_never_reuse_ids() {
-        let identity = IdentityKeyPair::generate(&mut SeededEntropy(DetRng::fork(1, "id")));
+        let identity = IdentityKeyPair::generate(&mut DetRng::fork(1, "id"));
         let (mut a, mut b) = (KeyRing::new(9), KeyRing::new(9));
         let spk = a.generate_signed(&identity);
         assert_eq!(spk.public_key(), b.generate_signed(&identity).public_key());

@@ -1,7 +1,6 @@
 //! The client driven end to end: the test plays the replica, decoding what the client sends and
 //! answering with hand-built frames. Invariants are checked after every step.
 
-use super::keys::SeededEntropy;
 use super::*;
 use crate::directory::{CommandError, Outcome, SignedPrekey, Visibility};
 use crate::ids::{LogIndex, RequestId};
@@ -17,7 +16,7 @@ const NONCE: [u8; 32] = [5; 32];
 const START_UNIX_MS: u64 = 1_800_000_000_000;
 
 fn identity(seed: u64) -> IdentityKeyPair {
-    IdentityKeyPair::generate(&mut SeededEntropy(DetRng::fork(seed, "test-identity")))
+    IdentityKeyPair::generate(&mut DetRng::fork(seed, "test-identity"))
 }
 
 /// The client and everything it said, as seen by the runtime.
@@ -169,7 +168,7 @@ fn signed_prekey_of(id: &IdentityKeyPair) -> SignedPrekey {
     keys::published(&SignedPrekeyPair::generate(
         id,
         PrekeyId(1),
-        &mut SeededEntropy(DetRng::fork(9, "test-spk")),
+        &mut DetRng::fork(9, "test-spk"),
     ))
 }
 

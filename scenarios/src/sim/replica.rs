@@ -28,7 +28,7 @@ use paloma_core::raft::check::Violation;
 use paloma_core::replica::protocol::{Consistency, LookupKey};
 use paloma_core::replica::{PresenceConfig, ReplicaConfig};
 use paloma_core::rng::DetRng;
-use paloma_core::session::{Entropy, IdentityKeyPair};
+use paloma_core::session::IdentityKeyPair;
 use paloma_core::time::Now;
 use paloma_core::{Instant, UserId};
 use paloma_runtime_sim::{ClientConn, ReplicaCluster, SimConfig};
@@ -48,15 +48,6 @@ const UNIX_MS_EPOCH: u64 = 1_700_000_000_000;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-/// Keys from the seed: every identity of a seed is the same at each replay.
-struct SeedEntropy(DetRng);
-
-impl Entropy for SeedEntropy {
-    fn fill(&mut self, dest: &mut [u8]) {
-        self.0.fill(dest);
-    }
 }
 
 /// Counts the summary prints, beyond [`Observed`]'s.
@@ -125,7 +116,8 @@ impl ReplicaRun {
         let observed = Arc::new(Mutex::new(Observed::default()));
         let counts = Arc::new(Counts::default());
         let stop = Arc::new(AtomicBool::new(false));
-        let mut keys = SeedEntropy(DetRng::fork(seed, "replica-users"));
+        // Keys from the seed: every identity of a seed is the same at each replay.
+        let mut keys = DetRng::fork(seed, "replica-users");
         let users = (0..users)
             .map(|i| {
                 let identity = IdentityKeyPair::generate(&mut keys);
