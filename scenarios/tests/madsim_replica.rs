@@ -26,7 +26,7 @@ async fn replica_directory_under_chaos() {
     println!("{summary}");
 }
 
-/// The same without faults: every user gets a name or is told it is taken, quickly.
+/// The same without faults: six users for six names, so every one of them must end up holding one.
 #[madsim::test]
 async fn replica_directory_quiet() {
     let summary = replica_chaos(

@@ -279,16 +279,8 @@ impl Run {
     /// Restores everything, then requires within `bound`: one leader that every running node
     /// follows, a new write through it, and a read of that write through another node.
     pub async fn liveness(&self, bound: Duration) {
+        self.nemesis.heal_all();
         let c = &self.cluster;
-        c.heal();
-        c.set_loss(0.0);
-        c.set_duplication(0.0);
-        c.set_latency(Duration::from_millis(1)..Duration::from_millis(10));
-        for id in c.ids() {
-            if !c.is_up(id) {
-                c.restart(id);
-            }
-        }
         c.note(format_args!("liveness phase: faults healed"));
         let start = c.now_nanos();
         let deadline = start + bound.as_nanos() as u64;

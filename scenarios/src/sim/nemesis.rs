@@ -247,6 +247,20 @@ impl<M: SimMachine> Nemesis<M> {
         }
     }
 
+    /// Ends every fault: links healed, no loss or duplication, short latency, every node up.
+    pub fn heal_all(&self) {
+        let c = &self.cluster;
+        c.heal();
+        c.set_loss(0.0);
+        c.set_duplication(0.0);
+        c.set_latency(Duration::from_millis(1)..Duration::from_millis(10));
+        for id in c.ids() {
+            if !c.is_up(id) {
+                c.restart(id);
+            }
+        }
+    }
+
     /// A leader that every running node follows in the same term.
     pub fn stable_leader(&self) -> Option<NodeId> {
         let c = &self.cluster;

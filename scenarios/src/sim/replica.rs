@@ -528,16 +528,7 @@ pub async fn replica_chaos(
     run.nemesis.wait_for_leader().await;
     run.nemesis.run_plan(&faults, &plan, fault_time).await;
     // Heal, restart whatever is down, and give the users time to finish under a quiet network.
-    let c = &run.cluster;
-    c.heal();
-    c.set_loss(0.0);
-    c.set_duplication(0.0);
-    c.set_latency(Duration::from_millis(1)..Duration::from_millis(10));
-    for id in c.ids() {
-        if !c.is_up(id) {
-            c.restart(id);
-        }
-    }
+    run.nemesis.heal_all();
     run.nemesis.wait_for_leader().await;
     madsim::time::sleep(Duration::from_secs(8)).await;
     run.stop_users().await;
