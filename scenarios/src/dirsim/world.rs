@@ -1391,7 +1391,7 @@ impl DirSim {
                 }
                 self.observed.on_attack_result(&kind, &result)?;
             }
-            ReplicaFrame::PresencePush { .. } => {}
+            ReplicaFrame::PresencePush { .. } | ReplicaFrame::MailboxChanged { .. } => {}
         }
         Ok(())
     }
