@@ -444,6 +444,8 @@ pub struct MailboxObserved {
     pub pushes: u64,
     /// Envelope copies found and verified in replicas' stored bytes.
     pub stored_copies: u64,
+    /// Deposits sent again under the same id.
+    pub resent: u64,
     deposits: BTreeMap<MessageId, SentDeposit>,
     /// `(sender index, counter)` → message id, for the stored-bytes scan.
     by_marker: BTreeMap<(u16, u32), MessageId>,
@@ -489,6 +491,20 @@ impl MailboxObserved {
         );
     }
 
+    /// A deposit sent again under its id (an outbox resending after a crash, say): while the
+    /// mailbox holds the first copy it must answer that copy's seq and store nothing.
+    pub fn on_resent(&mut self) {
+        self.sent += 1;
+        self.resent += 1;
+    }
+
+    /// Whether the recipient acknowledged past `seq`: then the mailbox no longer holds that copy,
+    /// and a resend of its id legitimately stores a new one under a new seq (exactly once holds
+    /// while a copy is held; the delivery layer de-duplicates by id, DESIGN.md §6.6).
+    fn released(&self, key: (UserId, u64), seq: MailboxSeq) -> bool {
+        self.ack_sent.get(&key).is_some_and(|upto| *upto >= seq)
+    }
+
     /// `user` started deregistering at `at`: what was deposited for them before may vanish.
     pub fn on_deregistering(&mut self, user: UserId, at: u64) {
         self.deregistering.entry(user).or_default().push(at);
@@ -518,19 +534,25 @@ impl MailboxObserved {
             .deposits
             .get_mut(&id)
             .ok_or_else(|| Violation(format!("Deposited for {id:?}, which was never sent")))?;
-        if let Some((first, _)) = d.acked {
-            if first != seq {
+        let key = (d.recipient, d.epoch);
+        let first = d.acked.map(|(s, _)| s);
+        // A first copy that expired (and was purged) is released too.
+        let first_expired = d
+            .acked
+            .is_some_and(|(_, e)| e <= dir_clock_unix_ms + EXPIRY_MARGIN_MS);
+        if let Some(first) = first {
+            if first != seq && !first_expired && !self.released(key, first.min(seq)) {
                 return Err(Violation(format!(
-                    "deposit {id:?} acknowledged under {first:?} and then {seq:?}"
+                    "deposit {id:?} acknowledged under {first:?} and then {seq:?} while the first copy was held (a second copy)"
                 )));
             }
         }
+        let d = self.deposits.get_mut(&id).expect("present above");
         d.acked = Some((seq, expires_unix_ms));
         let d = d.clone();
-        let key = (d.recipient, d.epoch);
         let got = self.delivered.get(&key).and_then(|m| m.get(&id)).copied();
         if let Some(got) = got {
-            if got != seq {
+            if got != seq && !first_expired && !self.released(key, got.min(seq)) {
                 return Err(Violation(format!(
                     "deposit {id:?} acknowledged under {seq:?} but fetched under {got:?} (exactly once)"
                 )));
@@ -585,6 +607,7 @@ impl MailboxObserved {
         after: MailboxSeq,
         acked_upto: MailboxSeq,
         page: &MailboxPage,
+        dir_clock_unix_ms: u64,
     ) -> Result<(), Violation> {
         self.fetches += 1;
         let mut previous = after;
@@ -615,17 +638,23 @@ impl MailboxObserved {
                     m.seq, m.message_id
                 )));
             }
+            let key = (recipient, epoch);
+            let expired = d
+                .acked
+                .is_some_and(|(_, e)| e <= dir_clock_unix_ms + EXPIRY_MARGIN_MS);
             if let Some((seq, _)) = d.acked {
-                if seq != m.seq {
+                if seq != m.seq && !expired && !self.released(key, seq.min(m.seq)) {
                     return Err(Violation(format!(
                         "{:?} was acknowledged under {seq:?} and fetched under {:?} (exactly once)",
                         m.message_id, m.seq
                     )));
                 }
             }
-            let delivered = self.delivered.entry((recipient, epoch)).or_default();
+            let released = self.ack_sent.get(&key).copied();
+            let delivered = self.delivered.entry(key).or_default();
             if let Some(first) = delivered.insert(m.message_id, m.seq) {
-                if first != m.seq {
+                if first != m.seq && !expired && released.is_none_or(|upto| upto < first.min(m.seq))
+                {
                     return Err(Violation(format!(
                         "{:?} delivered to {recipient:?} under {first:?} and {:?} (exactly once)",
                         m.message_id, m.seq
@@ -677,7 +706,9 @@ impl MailboxObserved {
                 .delivered
                 .get(&(d.recipient, d.epoch))
                 .and_then(|m| m.get(id));
-            if got != Some(&seq) {
+            let resent_after_release =
+                got.is_some_and(|g| self.released((d.recipient, d.epoch), (*g).min(seq)));
+            if got != Some(&seq) && !resent_after_release {
                 return Err(Violation(format!(
                     "deposit {id:?} to {:?}, acknowledged under {seq:?}{}, was never delivered after the final drain (got {got:?})",
                     d.recipient,

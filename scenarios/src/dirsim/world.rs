@@ -308,6 +308,8 @@ struct SimClient {
     mbx: Mbx,
     /// Deposits this client sent (the per-sender counter in the envelope).
     deposits_sent: u32,
+    /// Its last few deposits `(id, recipient, recipient's epoch, envelope)`, to resend.
+    sent_log: VecDeque<(MessageId, UserId, u64, Vec<u8>)>,
 }
 
 /// A client's mailbox draining: fetch after the cursor (on a push, on login, on `more`), record
@@ -484,6 +486,7 @@ impl DirSim {
                     ops: BTreeMap::new(),
                     mbx: Mbx::default(),
                     deposits_sent: 0,
+                    sent_log: VecDeque::new(),
                 }
             })
             .collect();
@@ -1264,6 +1267,7 @@ impl DirSim {
                         after,
                         acked_upto,
                         &reply.page,
+                        self.dir_clock_max,
                     )?;
                     if let Some(last) = reply.page.messages.last() {
                         mbx.cursor = mbx.cursor.max(last.seq);
@@ -1413,7 +1417,22 @@ impl DirSim {
         let deposit = if (88..98).contains(&roll) && self.clients[c].name.is_some() {
             let me = self.clients[c].user;
             let targets: Vec<UserId> = registered.iter().copied().filter(|u| *u != me).collect();
-            if targets.is_empty() {
+            // Now and then the same envelope again under its id, as an outbox resending after a
+            // crash would (to a recipient still in the registration it was sent to).
+            let resend = if self.work_rng.below(4) == 0 {
+                let log = &self.clients[c].sent_log;
+                let pick = log.get(self.work_rng.below(log.len().max(1) as u64) as usize);
+                pick.filter(|(_, to, epoch, _)| {
+                    targets.contains(to) && self.clients[self.user_index[to]].mbx.epoch == *epoch
+                })
+                .cloned()
+            } else {
+                None
+            };
+            if let Some((id, to, _, envelope)) = resend {
+                self.observed.mailbox.on_resent();
+                Some((to, (id, envelope)))
+            } else if targets.is_empty() {
                 None
             } else {
                 let to = targets[self.work_rng.below(targets.len() as u64) as usize];
@@ -1421,6 +1440,11 @@ impl DirSim {
                 // Holders are clients: the deposit belongs to the recipient's current registration.
                 let epoch = self.clients[self.user_index[&to]].mbx.epoch;
                 let marker = (u16::try_from(c).expect("few clients"), counter);
+                let log = &mut self.clients[c].sent_log;
+                if log.len() == 8 {
+                    log.pop_front();
+                }
+                log.push_back((id, to, epoch, envelope.clone()));
                 self.observed.mailbox.on_sent(
                     id,
                     marker,
