@@ -23,22 +23,26 @@ fn sweep_directory() {
         .filter(|r| r.failure.is_some())
         .map(|r| format!("{}\n  replay: {}", r.summary(), replay_command(r.seed)))
         .collect();
-    let o = reports.iter().fold((0, 0, 0, 0), |a, r| {
+    let o = reports.iter().fold((0, 0, 0, 0, 0, 0), |a, r| {
         (
             a.0 + r.observed.registered,
             a.1 + r.observed.claims,
             a.2 + r.observed.lookups_checked,
             a.3 + r.observed.attacks_refused,
+            a.4 + r.observed.mailbox.fetched,
+            a.5 + r.observed.mailbox.stored_copies,
         )
     });
     println!(
-        "directory: {} passed, {} failed; {} registrations, {} claims, {} linearizable lookups checked, {} attacks refused",
+        "directory: {} passed, {} failed; {} registrations, {} claims, {} linearizable lookups checked, {} attacks refused, {} acknowledged deposits delivered and checked, {} stored envelope copies verified",
         reports.len() - failed.len(),
         failed.len(),
         o.0,
         o.1,
         o.2,
-        o.3
+        o.3,
+        o.4,
+        o.5
     );
     assert!(
         failed.is_empty(),
@@ -48,7 +52,7 @@ fn sweep_directory() {
     );
     // The sweep must exercise what it checks, or it proves nothing.
     assert!(
-        o.0 > 0 && o.1 > 0 && o.2 > 0 && o.3 > 0,
+        o.0 > 0 && o.1 > 0 && o.2 > 0 && o.3 > 0 && o.4 > 0 && o.5 > 0,
         "the workload did not reach every checker"
     );
 }

@@ -210,6 +210,15 @@ pub enum ClientEvent {
         /// The page.
         reply: MailboxReply,
     },
+    /// The replica pushed that deposits reached this user's mailbox (`ReplicaFrame::
+    /// MailboxChanged`). Not an operation's end. The client does not fetch on its own: it holds
+    /// no cursor and no store of received envelopes (the inbox comes with delivery), so the
+    /// application calls [`Client::fetch_mailbox`] after its cursor when `last_seq` is beyond it,
+    /// and also after every `LoggedIn`, since a push is only a hint (lost with a link).
+    MailboxChanged {
+        /// The mailbox's last seq when the replica sent the push.
+        last_seq: MailboxSeq,
+    },
     /// An acknowledgement applied: every envelope up to `upto` is deleted.
     MailboxAcked {
         /// The `ack_mailbox` call.
@@ -563,6 +572,9 @@ impl Client {
             (ReplicaFrame::Response { .. }, _) => self.stats.unknown_responses += 1,
             (ReplicaFrame::PresencePush { user, presence }, Link::LoggedIn { .. }) => {
                 self.emit(ClientEvent::PresenceChanged { user, presence });
+            }
+            (ReplicaFrame::MailboxChanged { last_seq }, Link::LoggedIn { .. }) => {
+                self.emit(ClientEvent::MailboxChanged { last_seq });
             }
             (ReplicaFrame::Malformed, _) => self.stats.refused_frames += 1,
             (ReplicaFrame::LoggedIn { .. }, Link::ExpectLoggedIn { .. }) => {

@@ -15,6 +15,6 @@ pub use command::{
 };
 pub use mailbox::{Mailbox, MailboxLimits, MailboxMessage, MailboxPage};
 pub use state::{
-    AuditRecord, Directory, Presence, UserRecord, UserView, AUDIT_RECORDS_MAX, PRESENCE_LOG_MAX,
-    SNAPSHOT_VERSION, TOMBSTONES_MAX, USERS_MAX,
+    AuditRecord, Directory, Presence, UserRecord, UserView, AUDIT_RECORDS_MAX, DEPOSIT_LOG_MAX,
+    PRESENCE_LOG_MAX, SNAPSHOT_VERSION, TOMBSTONES_MAX, USERS_MAX,
 };

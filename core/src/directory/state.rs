@@ -165,16 +165,20 @@ pub struct Directory {
     /// [`TOMBSTONES_MAX`]; tests lower it to reach the bound.
     tombstones_max: usize,
     /// Recent presence transitions, for the replica's pushes to subscribers (derived, local).
-    presence_log: PresenceLog,
+    presence_log: ChangeLog,
+    /// Recent deposits, `(index, recipient)`, for the replica's mailbox pushes to the owners'
+    /// connections (derived, local, like `presence_log`; its `restores` moves with that one's).
+    deposit_log: ChangeLog,
     /// Every registered user's mailbox (an owned part with its own invariants).
     mailboxes: Mailboxes,
 }
 
-/// Presence transitions applied recently, `(index, user)` oldest first, at most
-/// [`PRESENCE_LOG_MAX`]. Derived data kept for pushes to subscribers, not replicated state: it is
-/// not in the snapshot, and two directories are equal whatever their logs hold.
+/// Changes applied recently (presence transitions, deposits), `(index, user)` oldest first, at
+/// most [`PRESENCE_LOG_MAX`] or [`DEPOSIT_LOG_MAX`]. Derived data kept for the replica's pushes,
+/// not replicated state: it is not in the snapshot, and two directories are equal whatever their
+/// logs hold.
 #[derive(Clone, Debug, Default)]
-struct PresenceLog {
+struct ChangeLog {
     entries: VecDeque<(LogIndex, UserId)>,
     /// Transitions at or below this index may be missing (evicted).
     floor: LogIndex,
@@ -182,19 +186,24 @@ struct PresenceLog {
     restores: u64,
 }
 
-impl PartialEq for PresenceLog {
-    fn eq(&self, _: &PresenceLog) -> bool {
+impl PartialEq for ChangeLog {
+    fn eq(&self, _: &ChangeLog) -> bool {
         true
     }
 }
 
-impl Eq for PresenceLog {}
+impl Eq for ChangeLog {}
 
 /// The most presence transitions a directory remembers for pushes (a replica that falls further
 /// behind pushes every subscription's current state instead).
 pub const PRESENCE_LOG_MAX: usize = 65_536;
 
-impl PresenceLog {
+/// The most deposits a directory remembers for mailbox pushes (a replica that falls further
+/// behind pushes to every logged-in owner of a mailbox instead). One entry deposits at most one
+/// envelope, so this covers as many entries as `PRESENCE_LOG_MAX` does.
+pub const DEPOSIT_LOG_MAX: usize = 65_536;
+
+impl ChangeLog {
     fn push(&mut self, index: LogIndex, user: UserId, max: usize) {
         if self.entries.len() == max {
             let (evicted, _) = self.entries.pop_front().expect("full");
@@ -234,6 +243,15 @@ impl Directory {
         Directory::with_all_limits(users_max, tombstones_max, MailboxLimits::default())
     }
 
+    /// An empty directory with other mailbox limits: the simulators' knob to reach the quotas
+    /// and the TTL within a short run (replicas must agree on them; never in production, where
+    /// the limits are constants: ARCHITECTURE.md, "Replicated settings").
+    #[cfg(any(test, fuzzing, feature = "testing"))]
+    #[must_use]
+    pub fn with_mailbox_limits(limits: MailboxLimits) -> Directory {
+        Directory::with_all_limits(USERS_MAX, TOMBSTONES_MAX, limits)
+    }
+
     /// An empty directory with other user, tombstone and mailbox bounds (tests only).
     pub(crate) fn with_all_limits(
         users_max: usize,
@@ -253,7 +271,8 @@ impl Directory {
             clock_unix_ms: 0,
             users_max,
             tombstones_max,
-            presence_log: PresenceLog::default(),
+            presence_log: ChangeLog::default(),
+            deposit_log: ChangeLog::default(),
             mailboxes: Mailboxes::new(mailbox_limits),
         }
     }
@@ -289,6 +308,21 @@ impl Directory {
 
     fn log_presence(&mut self, index: LogIndex, user: UserId) {
         self.presence_log.push(index, user, PRESENCE_LOG_MAX);
+    }
+
+    /// The recipients of deposits applied in entries after `since`, oldest first (a recipient
+    /// once per deposit), or `None` if the directory no longer remembers back that far (as for
+    /// [`Directory::presence_changes_since`]). The replica pushes `MailboxChanged` from it.
+    #[must_use]
+    pub fn deposits_since(
+        &self,
+        since: LogIndex,
+        restores: u64,
+    ) -> Option<impl Iterator<Item = UserId> + '_> {
+        if restores != self.presence_log.restores {
+            return None;
+        }
+        self.deposit_log.since(since)
     }
 
     /// `user`'s mailbox, if anything was ever deposited for them since they registered.
@@ -533,7 +567,13 @@ impl StateMachine for Directory {
             ),
             // No signer: the audit record names no one (the recipient is in the mailbox).
             Ok(DirectoryEntry::Deposit(deposit)) => {
-                (None, CommandKind::Deposit, self.apply_deposit(&deposit))
+                let result = self.apply_deposit(&deposit);
+                if result.is_ok() {
+                    // A re-deposit stores nothing but is logged too: a push more is harmless.
+                    self.deposit_log
+                        .push(ctx.index, deposit.recipient, DEPOSIT_LOG_MAX);
+                }
+                (None, CommandKind::Deposit, result)
             }
             Ok(DirectoryEntry::Signed(cmd)) => {
                 let kind = cmd.body.kind();

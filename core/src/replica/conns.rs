@@ -1,5 +1,6 @@
 //! Client connections on one replica: the login challenge, the user a connection is bound to, and
-//! its presence subscriptions (with the reverse index pushes need).
+//! its presence subscriptions (with the reverse indexes pushes need: subscribers by subject for
+//! presence, connections by user for mailbox pushes).
 
 use crate::ids::{ConnId, UserId};
 use std::collections::{BTreeMap, BTreeSet};
@@ -29,6 +30,8 @@ impl Conn {
 pub(crate) struct Conns {
     conns: BTreeMap<ConnId, Conn>,
     subscribers: BTreeMap<UserId, BTreeSet<ConnId>>,
+    /// Logged-in connections by their user (a user may hold several).
+    by_user: BTreeMap<UserId, BTreeSet<ConnId>>,
 }
 
 impl Conns {
@@ -51,6 +54,7 @@ impl Conns {
             .expect("logging in an open connection");
         assert!(conn.user.is_none(), "a connection is bound to one user");
         conn.user = Some(user);
+        self.by_user.entry(user).or_default().insert(id);
     }
 
     pub(crate) fn remove(&mut self, id: ConnId) -> Option<Conn> {
@@ -58,7 +62,29 @@ impl Conns {
         for subject in &conn.subscriptions {
             self.unindex(*subject, id);
         }
+        if let Some(user) = conn.user {
+            let set = self
+                .by_user
+                .get_mut(&user)
+                .expect("logged-in connections are indexed");
+            set.remove(&id);
+            if set.is_empty() {
+                self.by_user.remove(&user);
+            }
+        }
         Some(conn)
+    }
+
+    /// The connections logged in as `user`.
+    pub(crate) fn of_user(&self, user: &UserId) -> Vec<ConnId> {
+        self.by_user
+            .get(user)
+            .map_or_else(Vec::new, |set| set.iter().copied().collect())
+    }
+
+    /// Every user logged in on some connection.
+    pub(crate) fn logged_in_users(&self) -> Vec<UserId> {
+        self.by_user.keys().copied().collect()
     }
 
     /// Replaces the connection's subscriptions.
@@ -113,6 +139,18 @@ impl Conns {
                 );
             }
         }
+        for (user, set) in &self.by_user {
+            assert!(!set.is_empty(), "no empty user sets");
+            for id in set {
+                assert!(
+                    self.conns.get(id).is_some_and(|c| c.user == Some(*user)),
+                    "{id:?}: user index backed by the login"
+                );
+            }
+        }
+        let logged_in = self.conns.values().filter(|c| c.user.is_some()).count();
+        let indexed: usize = self.by_user.values().map(BTreeSet::len).sum();
+        assert_eq!(logged_in, indexed, "every logged-in connection is indexed");
         for (subject, set) in &self.subscribers {
             assert!(!set.is_empty(), "no empty index sets");
             for id in set {

@@ -160,6 +160,8 @@ pub struct ReplicaStats {
     pub presence_batches: u64,
     /// Presence pushes sent to subscribers.
     pub presence_pushes: u64,
+    /// `MailboxChanged` pushes sent to mailbox owners' connections.
+    pub mailbox_pushes: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -239,13 +241,30 @@ impl Replica {
         seed: u64,
         now: Now,
     ) -> Result<Replica, StartError> {
-        let node = RaftNode::new(
-            cfg.raft.clone(),
-            recovered,
-            Directory::new(),
-            seed,
-            now.instant,
-        )?;
+        Replica::start(cfg, recovered, Directory::new(), seed, now)
+    }
+
+    /// Starts a replica whose directory has other limits ([`Directory::with_mailbox_limits`]):
+    /// the simulators' knob; every replica of a cluster must be given the same.
+    #[cfg(any(test, fuzzing, feature = "testing"))]
+    pub fn with_directory(
+        cfg: ReplicaConfig,
+        recovered: Recovered,
+        directory: Directory,
+        seed: u64,
+        now: Now,
+    ) -> Result<Replica, StartError> {
+        Replica::start(cfg, recovered, directory, seed, now)
+    }
+
+    fn start(
+        cfg: ReplicaConfig,
+        recovered: Recovered,
+        directory: Directory,
+        seed: u64,
+        now: Now,
+    ) -> Result<Replica, StartError> {
+        let node = RaftNode::new(cfg.raft.clone(), recovered, directory, seed, now.instant)?;
         let pushed_upto = node.applied();
         let pushed_restores = node.state_machine().restores();
         Ok(Replica {
@@ -749,7 +768,7 @@ impl Replica {
         self.drain_node();
         self.flush_presence();
         self.drain_node();
-        self.push_applied_presence();
+        self.push_applied();
     }
 
     /// Moves the node's outputs out, acting on the events the replica owns.
@@ -995,8 +1014,9 @@ impl Replica {
         }
     }
 
-    /// Pushes presence changes applied since the last call to subscribed connections.
-    fn push_applied_presence(&mut self) {
+    /// Pushes what entries applied since the last call changed: presence to subscribed
+    /// connections, `MailboxChanged` to the connections of users who received deposits.
+    fn push_applied(&mut self) {
         let applied = self.node.applied();
         if applied <= self.pushed_upto {
             return;
@@ -1010,11 +1030,29 @@ impl Replica {
             // The ring no longer reaches back (a snapshot was installed): push every subscription.
             None => self.conns.subscribed_users(),
         };
+        // A set: a burst of deposits for one user is one push per connection (coalesced here,
+        // once per input, which is when the runtime flushes our outputs).
+        let deposited: BTreeSet<UserId> =
+            match self.directory().deposits_since(self.pushed_upto, restores) {
+                Some(recipients) => recipients.collect(),
+                // Same: every logged-in user may have received something.
+                None => self.conns.logged_in_users().into_iter().collect(),
+            };
         self.pushed_upto = applied;
         self.pushed_restores = self.directory().restores();
         for subject in changed {
             for (conn, viewer) in self.conns.subscribers(&subject) {
                 self.push_presence(conn, viewer, subject);
+            }
+        }
+        for user in deposited {
+            // A deregistered user has no mailbox left to fetch: nothing to say.
+            let Some(last_seq) = self.directory().mailbox(&user).map(|m| m.last_seq()) else {
+                continue;
+            };
+            for conn in self.conns.of_user(&user) {
+                self.stats.mailbox_pushes += 1;
+                self.send_client(conn, &ReplicaFrame::MailboxChanged { last_seq });
             }
         }
     }

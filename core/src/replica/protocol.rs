@@ -257,6 +257,16 @@ pub enum ReplicaFrame {
     },
     /// A frame from the client did not decode; it was dropped and counted.
     Malformed,
+    /// Deposits applied to the logged-in user's mailbox (DESIGN.md §6.4: the owner drains
+    /// without polling). At most one per connection per batch of applied entries, however many
+    /// deposits the batch held, so a burst costs one frame; `last_seq` is the mailbox's last
+    /// seq when it was sent: fetch after the cursor until `more` is false. A hint only: a lost
+    /// push is made up by the fetch every client does on login. (Appended last: the variant
+    /// index is part of the encoding, so older clients count it as malformed and carry on.)
+    MailboxChanged {
+        /// The mailbox's last seq.
+        last_seq: MailboxSeq,
+    },
 }
 
 /// The bytes a login signature covers: domain ‖ nonce ‖ replica id (little-endian), so a

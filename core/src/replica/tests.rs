@@ -732,3 +732,99 @@ fn a_page_of_the_largest_envelopes_fits_in_one_client_frame() {
     assert_eq!(rest.page.messages.len(), 1);
     c.check_invariants();
 }
+
+#[test]
+fn a_deposit_pushes_one_mailbox_changed_to_each_of_the_owners_connections_only() {
+    use crate::ids::MailboxSeq;
+    let (mut c, leader, follower) = cluster();
+    let (alice, bob, carol) = (identity(1), identity(2), identity(3));
+    let a = logged_in(&mut c, leader, &alice);
+    register(&mut c, a, &alice, "alice");
+    let b = logged_in(&mut c, follower, &bob);
+    register(&mut c, b, &bob, "bob");
+    // Alice's second device, on another replica, and a third user who receives nothing.
+    let a2 = logged_in(&mut c, follower, &alice);
+    let k = logged_in(&mut c, leader, &carol);
+    for conn in [a, a2, b, k] {
+        c.take(conn);
+    }
+    // A burst: three deposits for Alice proposed back to back, so they apply in one round.
+    for seq in 1..=3u8 {
+        c.send_and_settle(
+            b,
+            ClientFrame::Request {
+                id: RequestId(10 + u64::from(seq)),
+                request: deposit_request(5, u64::from(seq), &alice, seq, vec![seq; 8]),
+            }
+            .encode(),
+        );
+    }
+    let mut pushes = std::collections::BTreeMap::new();
+    for _ in 0..20 {
+        c.advance(Duration::from_millis(20));
+        for conn in [a, a2, b, k] {
+            for frame in c.take(conn) {
+                if let ReplicaFrame::MailboxChanged { last_seq } = frame {
+                    pushes.entry(conn).or_insert_with(Vec::new).push(last_seq);
+                }
+            }
+        }
+    }
+    // Both of Alice's connections hear of it, Bob (the depositor) and Carol do not.
+    for conn in [a, a2] {
+        let seen = pushes
+            .get(&conn)
+            .expect("the owner's connection is pushed to");
+        assert_eq!(seen.last(), Some(&MailboxSeq(3)), "{seen:?}");
+        assert!(
+            seen.len() <= 3 && seen.windows(2).all(|w| w[0] < w[1]),
+            "at most one push per applied batch, seqs rising: {seen:?}"
+        );
+    }
+    assert!(
+        !pushes.contains_key(&b) && !pushes.contains_key(&k),
+        "{pushes:?}"
+    );
+    // Coalesced: a batch of deposits applied by one input is one push per connection.
+    let total: u64 = c.replicas.values().map(|r| r.stats().mailbox_pushes).sum();
+    assert_eq!(total, pushes.values().map(|v| v.len() as u64).sum::<u64>());
+    c.check_invariants();
+}
+
+#[test]
+fn a_burst_of_deposits_applied_by_one_input_is_one_push() {
+    use crate::ids::MailboxSeq;
+    let (mut c, leader, follower) = cluster();
+    let (alice, bob) = (identity(1), identity(2));
+    // Alice on a follower: it learns the commit of all five from one message of the leader, so
+    // one input applies them all.
+    let a = logged_in(&mut c, follower, &alice);
+    register(&mut c, a, &alice, "alice");
+    let b = logged_in(&mut c, leader, &bob);
+    c.take(a);
+    // Five deposits sent in one go to the leader, before any follower acknowledged one.
+    for seq in 1..=5u8 {
+        c.send(
+            b,
+            ClientFrame::Request {
+                id: RequestId(u64::from(seq)),
+                request: deposit_request(9, u64::from(seq), &alice, seq, vec![seq; 4]),
+            }
+            .encode(),
+        );
+    }
+    c.settle();
+    for _ in 0..10 {
+        c.advance(Duration::from_millis(20));
+    }
+    let pushes: Vec<MailboxSeq> = c
+        .take(a)
+        .into_iter()
+        .filter_map(|f| match f {
+            ReplicaFrame::MailboxChanged { last_seq } => Some(last_seq),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(pushes.last(), Some(&MailboxSeq(5)), "{pushes:?}");
+    assert_eq!(pushes.len(), 1, "coalesced: {pushes:?}");
+}

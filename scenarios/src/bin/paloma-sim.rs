@@ -280,5 +280,27 @@ fn dir_sweep(first: u64, count: u64, jobs: usize) -> bool {
         simulated / wall.max(1e-9)
     );
     println!("{} passed, {failed} failed", reports.len() - failed);
+    let m = reports.iter().fold([0u64; 10], |mut a, r| {
+        let m = &r.observed.mailbox;
+        for (x, y) in a.iter_mut().zip([
+            m.sent,
+            m.acked,
+            m.fetched,
+            m.excused,
+            m.full,
+            m.fetches,
+            m.acks,
+            m.pushes,
+            m.stored_copies,
+            m.resent,
+        ]) {
+            *x += y;
+        }
+        a
+    });
+    println!(
+        "mailboxes: {} deposits, {} acknowledged, {} delivered and checked, {} excused (deregistered or expired), {} MailboxFull, {} fetches, {} acknowledgements, {} pushes, {} stored copies verified, {} resent under the same id",
+        m[0], m[1], m[2], m[3], m[4], m[5], m[6], m[7], m[8], m[9]
+    );
     failed == 0
 }

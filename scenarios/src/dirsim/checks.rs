@@ -11,9 +11,21 @@
 //!   published by its owner (checked in `world`, which holds the owners' private halves);
 //! - **refusals**: a request before login, a bad login, garbage, a replayed command, a tampered
 //!   signature, a command signed for another user, an invalid username and an oversized pool are
-//!   each answered with their typed error (or a transient one under faults), never success.
+//!   each answered with their typed error (or a transient one under faults), never success; so
+//!   are a fetch before login, an acknowledgement signed by another user, a replayed
+//!   acknowledgement, a deposit for an unknown user and an oversized envelope;
+//! - **mailboxes** ([`MailboxObserved`], DESIGN.md §6): every deposit whose sender saw
+//!   `Deposited` is fetched by its recipient, with identical bytes under the same seq, before the
+//!   recipient acknowledges past it, and at the end after a final drain (unless the recipient
+//!   deregistered or the TTL passed); one id is never delivered under two seqs, and nothing is
+//!   fetched that was not deposited for that recipient; seqs increase past the cursor and a fetch
+//!   returns nothing an applied acknowledgement deleted; a `MailboxFull` is true of the quotas
+//!   and loses nothing acknowledged; replicas' stored bytes hold envelopes only as deposited.
 
-use paloma_core::directory::{CommandError, Directory, Outcome, SignedCommand};
+use paloma_core::directory::{
+    CommandError, Directory, MailboxLimits, MailboxPage, Outcome, SignedCommand,
+};
+use paloma_core::ids::{MailboxSeq, MessageId};
 use paloma_core::raft::check::Violation;
 use paloma_core::replica::protocol::{Consistency, LookupReply, Reply, RequestError};
 use paloma_core::rng::DetRng;
@@ -60,6 +72,8 @@ pub struct Observed {
     pub failed: u64,
     /// Presence checks made at the end.
     pub presence_checked: u64,
+    /// The mailbox workload and its checks.
+    pub mailbox: MailboxObserved,
     tenures: BTreeMap<String, Vec<Tenure>>,
     claimed: BTreeSet<(UserId, PrekeyId)>,
 }
@@ -243,7 +257,18 @@ impl Observed {
             return Ok(());
         }
         let expected = match kind {
-            AttackKind::BeforeLogin => matches!(result, Err(RequestError::NotLoggedIn)),
+            AttackKind::BeforeLogin | AttackKind::FetchBeforeLogin => {
+                matches!(result, Err(RequestError::NotLoggedIn))
+            }
+            AttackKind::ForeignAck => matches!(result, Err(RequestError::WrongSigner)),
+            AttackKind::AckReplay => matches!(
+                result,
+                Ok(Reply::Command(Err(CommandError::Replayed { .. })))
+            ),
+            AttackKind::DepositUnknown => {
+                matches!(result, Ok(Reply::Command(Err(CommandError::UnknownUser))))
+            }
+            AttackKind::DepositOversized => matches!(result, Err(RequestError::TooLarge)),
             AttackKind::Replay => matches!(
                 result,
                 Ok(Reply::Command(Err(CommandError::Replayed { .. })))
@@ -271,9 +296,10 @@ impl Observed {
         }
         if matches!(
             result,
-            Ok(Reply::Command(Ok(
-                Outcome::Done | Outcome::Registered { .. }
-            )))
+            Ok(Reply::Command(Ok(Outcome::Done
+                | Outcome::Registered { .. }
+                | Outcome::Deposited { .. }
+                | Outcome::Acked { .. })))
         ) {
             return Err(Violation(format!("attack {kind:?} succeeded")));
         }
@@ -287,6 +313,8 @@ impl Observed {
 pub(super) enum Attack {
     /// A request before logging in.
     BeforeLogin,
+    /// A mailbox fetch before logging in.
+    FetchBeforeLogin,
     /// A login whose signature covers another replica.
     BadLogin,
     /// A 20 KiB frame of junk.
@@ -310,15 +338,25 @@ pub(super) enum LoggedInAttack {
     InvalidName,
     /// More one-time prekeys than a pool holds.
     Oversized,
+    /// Set-up: the attacker acknowledges its own (empty) mailbox (replayed later).
+    AckSelf,
+    /// Its applied acknowledgement, sent again in a new de-duplication session.
+    AckReplay,
+    /// An acknowledgement a client signed (captured on the wire), sent on the attacker's login.
+    ForeignAck,
+    /// A deposit for a user who does not exist.
+    DepositUnknown,
+    /// A deposit one byte over the envelope bound.
+    DepositOversized,
 }
 
 impl Attack {
-    pub(super) fn pick(rng: &mut DetRng, registered: bool) -> Attack {
+    pub(super) fn pick(rng: &mut DetRng, registered: bool, acked: bool) -> Attack {
         use LoggedInAttack as L;
         if !registered && rng.below(2) == 0 {
             return Attack::LoggedIn(L::RegisterSelf);
         }
-        match rng.below(8) {
+        match rng.below(13) {
             0 => Attack::BeforeLogin,
             1 => Attack::BadLogin,
             2 => Attack::Garbage,
@@ -326,6 +364,12 @@ impl Attack {
             4 => Attack::LoggedIn(L::OtherSigner),
             5 => Attack::LoggedIn(L::InvalidName),
             6 => Attack::LoggedIn(L::Oversized),
+            7 => Attack::FetchBeforeLogin,
+            8 if registered && acked => Attack::LoggedIn(L::AckReplay),
+            8 if registered => Attack::LoggedIn(L::AckSelf),
+            9 => Attack::LoggedIn(L::ForeignAck),
+            10 => Attack::LoggedIn(L::DepositUnknown),
+            11 => Attack::LoggedIn(L::DepositOversized),
             _ => Attack::LoggedIn(L::Tampered),
         }
     }
@@ -344,4 +388,376 @@ pub(super) enum AttackKind {
     OtherSigner,
     InvalidName,
     Oversized,
+    FetchBeforeLogin,
+    AckSelf(Box<SignedCommand>),
+    AckReplay,
+    ForeignAck,
+    DepositUnknown,
+    DepositOversized,
+}
+
+// ----- mailboxes ---------------------------------------------------------------------------
+
+/// Where the workload's envelopes carry their marker: random bytes, then [`ENVELOPE_MARKER`],
+/// the sender's client index (2 bytes, little-endian) and its per-sender counter (4 bytes), then
+/// more random bytes. Opaque to the replicas: nothing in them means anything yet (E2E is a later
+/// slice), but the marker lets the stored-bytes scan find every copy.
+pub const ENVELOPE_MARKER: [u8; 8] = *b"\xA7ENVLP\x5E\x01";
+
+/// One deposit the workload sent.
+#[derive(Clone, Debug)]
+struct SentDeposit {
+    recipient: UserId,
+    /// The recipient's registration epoch when it was sent (deposits go to holders only).
+    epoch: u64,
+    envelope: Vec<u8>,
+    /// Where the marker is in `envelope`.
+    marker_at: usize,
+    issued_at: u64,
+    /// `Deposited { seq, expires_unix_ms }`, once the sender saw it.
+    acked: Option<(MailboxSeq, u64)>,
+    /// Acknowledged before some deposit to the same recipient met `MailboxFull`.
+    before_full: bool,
+}
+
+/// What the mailbox workload observed (DESIGN.md §6: a deposit acknowledged as *stored* reaches
+/// its recipient exactly once).
+#[derive(Clone, Debug, Default)]
+pub struct MailboxObserved {
+    /// Deposits sent (not counting the attacker's).
+    pub sent: u64,
+    /// Deposits the sender saw acknowledged (`Deposited`).
+    pub acked: u64,
+    /// Acknowledged deposits found fetched, with identical bytes and seq, by the final check.
+    pub fetched: u64,
+    /// Acknowledged deposits excused at the end: the recipient deregistered, or the TTL passed.
+    pub excused: u64,
+    /// Envelopes fetched (with repeats).
+    pub envelopes_fetched: u64,
+    /// Fetches answered.
+    pub fetches: u64,
+    /// Acknowledgements applied.
+    pub acks: u64,
+    /// `MailboxFull` refusals seen by senders.
+    pub full: u64,
+    /// `MailboxChanged` pushes the clients received.
+    pub pushes: u64,
+    /// Envelope copies found and verified in replicas' stored bytes.
+    pub stored_copies: u64,
+    /// Deposits sent again under the same id.
+    pub resent: u64,
+    deposits: BTreeMap<MessageId, SentDeposit>,
+    /// `(sender index, counter)` → message id, for the stored-bytes scan.
+    by_marker: BTreeMap<(u16, u32), MessageId>,
+    /// `(recipient, epoch)` → message id → the seq it was fetched under.
+    delivered: BTreeMap<(UserId, u64), BTreeMap<MessageId, MailboxSeq>>,
+    /// `(recipient, epoch)` → the highest `upto` of an acknowledgement sent.
+    ack_sent: BTreeMap<(UserId, u64), MailboxSeq>,
+    /// When each user started deregistering.
+    deregistering: BTreeMap<UserId, Vec<u64>>,
+}
+
+/// An envelope's expiry is excused from delivery once the directory's clock (the max of leader
+/// stamps, which drift: `dir_clock_unix_ms` is the highest any replica applied) is within this
+/// of it.
+const EXPIRY_MARGIN_MS: u64 = 1_000;
+
+impl MailboxObserved {
+    /// A deposit was sent.
+    #[allow(clippy::too_many_arguments)]
+    pub fn on_sent(
+        &mut self,
+        id: MessageId,
+        marker: (u16, u32),
+        recipient: UserId,
+        epoch: u64,
+        envelope: Vec<u8>,
+        marker_at: usize,
+        at: u64,
+    ) {
+        self.sent += 1;
+        self.by_marker.insert(marker, id);
+        self.deposits.insert(
+            id,
+            SentDeposit {
+                recipient,
+                epoch,
+                envelope,
+                marker_at,
+                issued_at: at,
+                acked: None,
+                before_full: false,
+            },
+        );
+    }
+
+    /// A deposit sent again under its id (an outbox resending after a crash, say): while the
+    /// mailbox holds the first copy it must answer that copy's seq and store nothing.
+    pub fn on_resent(&mut self) {
+        self.sent += 1;
+        self.resent += 1;
+    }
+
+    /// Whether the recipient acknowledged past `seq`: then the mailbox no longer holds that copy,
+    /// and a resend of its id legitimately stores a new one under a new seq (exactly once holds
+    /// while a copy is held; the delivery layer de-duplicates by id, DESIGN.md §6.6).
+    fn released(&self, key: (UserId, u64), seq: MailboxSeq) -> bool {
+        self.ack_sent.get(&key).is_some_and(|upto| *upto >= seq)
+    }
+
+    /// `user` started deregistering at `at`: what was deposited for them before may vanish.
+    pub fn on_deregistering(&mut self, user: UserId, at: u64) {
+        self.deregistering.entry(user).or_default().push(at);
+    }
+
+    fn excused(&self, d: &SentDeposit, dir_clock_unix_ms: u64) -> bool {
+        let deregistered = self
+            .deregistering
+            .get(&d.recipient)
+            .is_some_and(|ts| ts.iter().any(|t| *t >= d.issued_at));
+        let expired = d
+            .acked
+            .is_some_and(|(_, expires)| expires <= dir_clock_unix_ms + EXPIRY_MARGIN_MS);
+        deregistered || expired
+    }
+
+    /// The sender saw `Deposited { seq, expires }` for `id`.
+    pub fn on_deposited(
+        &mut self,
+        id: MessageId,
+        seq: MailboxSeq,
+        expires_unix_ms: u64,
+        dir_clock_unix_ms: u64,
+    ) -> Result<(), Violation> {
+        self.acked += 1;
+        let d = self
+            .deposits
+            .get_mut(&id)
+            .ok_or_else(|| Violation(format!("Deposited for {id:?}, which was never sent")))?;
+        let key = (d.recipient, d.epoch);
+        let first = d.acked.map(|(s, _)| s);
+        // A first copy that expired (and was purged) is released too.
+        let first_expired = d
+            .acked
+            .is_some_and(|(_, e)| e <= dir_clock_unix_ms + EXPIRY_MARGIN_MS);
+        if let Some(first) = first {
+            if first != seq && !first_expired && !self.released(key, first.min(seq)) {
+                return Err(Violation(format!(
+                    "deposit {id:?} acknowledged under {first:?} and then {seq:?} while the first copy was held (a second copy)"
+                )));
+            }
+        }
+        let d = self.deposits.get_mut(&id).expect("present above");
+        d.acked = Some((seq, expires_unix_ms));
+        let d = d.clone();
+        let got = self.delivered.get(&key).and_then(|m| m.get(&id)).copied();
+        if let Some(got) = got {
+            if got != seq && !first_expired && !self.released(key, got.min(seq)) {
+                return Err(Violation(format!(
+                    "deposit {id:?} acknowledged under {seq:?} but fetched under {got:?} (exactly once)"
+                )));
+            }
+        } else if self.ack_sent.get(&key).is_some_and(|upto| *upto >= seq)
+            && !self.excused(&d, dir_clock_unix_ms)
+        {
+            return Err(Violation(format!(
+                "the recipient {:?} acknowledged its mailbox past {seq:?} without fetching deposit {id:?}",
+                d.recipient
+            )));
+        }
+        Ok(())
+    }
+
+    /// A deposit for `recipient` of `len` bytes met `MailboxFull { messages, bytes }`: the
+    /// refusal must be true of the limits, and nothing acknowledged before it may be lost.
+    pub fn on_full(
+        &mut self,
+        recipient: UserId,
+        messages: u32,
+        bytes: u64,
+        len: usize,
+        limits: &MailboxLimits,
+    ) -> Result<(), Violation> {
+        self.full += 1;
+        let over_count = messages as usize >= limits.messages_max;
+        let over_bytes = bytes + len as u64 > limits.bytes_max;
+        if messages as usize > limits.messages_max
+            || bytes > limits.bytes_max
+            || !(over_count || over_bytes)
+        {
+            return Err(Violation(format!(
+                "MailboxFull {{ messages: {messages}, bytes: {bytes} }} for a {len}-byte envelope with quotas {} messages, {} bytes",
+                limits.messages_max, limits.bytes_max
+            )));
+        }
+        for d in self.deposits.values_mut() {
+            if d.recipient == recipient && d.acked.is_some() {
+                d.before_full = true;
+            }
+        }
+        Ok(())
+    }
+
+    /// `recipient` (registration `epoch`) fetched `page` after `after`, having seen its
+    /// acknowledgements applied up to `acked_upto` when it asked.
+    pub fn on_fetched(
+        &mut self,
+        recipient: UserId,
+        epoch: u64,
+        after: MailboxSeq,
+        acked_upto: MailboxSeq,
+        page: &MailboxPage,
+        dir_clock_unix_ms: u64,
+    ) -> Result<(), Violation> {
+        self.fetches += 1;
+        let mut previous = after;
+        for m in &page.messages {
+            self.envelopes_fetched += 1;
+            if m.seq <= previous {
+                return Err(Violation(format!(
+                    "{recipient:?} fetched after {after:?} and got {:?} after {previous:?} (seqs must increase past the cursor)",
+                    m.seq
+                )));
+            }
+            previous = m.seq;
+            if m.seq <= acked_upto {
+                return Err(Violation(format!(
+                    "{recipient:?} fetched {:?}, which its applied acknowledgement up to {acked_upto:?} deleted",
+                    m.seq
+                )));
+            }
+            let d = self.deposits.get(&m.message_id).ok_or_else(|| {
+                Violation(format!(
+                    "{recipient:?} fetched {:?} under an id never deposited (integrity)",
+                    m.seq
+                ))
+            })?;
+            if d.recipient != recipient || d.envelope != m.envelope {
+                return Err(Violation(format!(
+                    "{recipient:?} fetched {:?} ({:?}) whose recipient or bytes differ from the deposit's (integrity)",
+                    m.seq, m.message_id
+                )));
+            }
+            let key = (recipient, epoch);
+            let expired = d
+                .acked
+                .is_some_and(|(_, e)| e <= dir_clock_unix_ms + EXPIRY_MARGIN_MS);
+            if let Some((seq, _)) = d.acked {
+                if seq != m.seq && !expired && !self.released(key, seq.min(m.seq)) {
+                    return Err(Violation(format!(
+                        "{:?} was acknowledged under {seq:?} and fetched under {:?} (exactly once)",
+                        m.message_id, m.seq
+                    )));
+                }
+            }
+            let released = self.ack_sent.get(&key).copied();
+            let delivered = self.delivered.entry(key).or_default();
+            if let Some(first) = delivered.insert(m.message_id, m.seq) {
+                if first != m.seq && !expired && released.is_none_or(|upto| upto < first.min(m.seq))
+                {
+                    return Err(Violation(format!(
+                        "{:?} delivered to {recipient:?} under {first:?} and {:?} (exactly once)",
+                        m.message_id, m.seq
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// `recipient` is about to acknowledge up to `upto`: every acknowledged deposit at or below it
+    /// must have been fetched (and recorded: "persisted") first.
+    pub fn on_ack_sent(
+        &mut self,
+        recipient: UserId,
+        epoch: u64,
+        upto: MailboxSeq,
+        dir_clock_unix_ms: u64,
+    ) -> Result<(), Violation> {
+        let key = (recipient, epoch);
+        let delivered = self.delivered.get(&key);
+        for (id, d) in &self.deposits {
+            let Some((seq, _)) = d.acked else { continue };
+            if d.recipient != recipient || d.epoch != epoch || seq > upto {
+                continue;
+            }
+            if delivered.and_then(|m| m.get(id)).is_none() && !self.excused(d, dir_clock_unix_ms) {
+                return Err(Violation(format!(
+                    "{recipient:?} acknowledges up to {upto:?} but never fetched deposit {id:?} (acknowledged under {seq:?})"
+                )));
+            }
+        }
+        let sent = self.ack_sent.entry(key).or_default();
+        *sent = (*sent).max(upto);
+        Ok(())
+    }
+
+    /// At the end, after the final drain: every acknowledged deposit not excused was fetched by its
+    /// recipient under its seq.
+    pub fn check_final(&mut self, dir_clock_unix_ms: u64) -> Result<(), Violation> {
+        let (mut fetched, mut excused) = (0, 0);
+        for (id, d) in &self.deposits {
+            let Some((seq, _)) = d.acked else { continue };
+            if self.excused(d, dir_clock_unix_ms) {
+                excused += 1;
+                continue;
+            }
+            let got = self
+                .delivered
+                .get(&(d.recipient, d.epoch))
+                .and_then(|m| m.get(id));
+            let resent_after_release =
+                got.is_some_and(|g| self.released((d.recipient, d.epoch), (*g).min(seq)));
+            if got != Some(&seq) && !resent_after_release {
+                return Err(Violation(format!(
+                    "deposit {id:?} to {:?}, acknowledged under {seq:?}{}, was never delivered after the final drain (got {got:?})",
+                    d.recipient,
+                    if d.before_full { " before a MailboxFull" } else { "" }
+                )));
+            }
+            fetched += 1;
+        }
+        self.fetched = fetched;
+        self.excused = excused;
+        Ok(())
+    }
+
+    /// Scans bytes a replica stores (snapshot, log entries) for envelopes: every marker must sit
+    /// inside an exact copy of the envelope deposited with it. This slice has no plaintext to
+    /// look for; the E2E slice adds a plaintext marker to the same scan.
+    pub fn scan_stored(&mut self, what: &str, bytes: &[u8]) -> Result<(), Violation> {
+        let m = ENVELOPE_MARKER.len();
+        let mut from = 0;
+        while let Some(off) = find(&bytes[from..], &ENVELOPE_MARKER) {
+            let at = from + off;
+            from = at + 1;
+            let Some(tail) = bytes.get(at + m..at + m + 6) else {
+                return Err(Violation(format!("{what}: a truncated envelope marker")));
+            };
+            let sender = u16::from_le_bytes([tail[0], tail[1]]);
+            let counter = u32::from_le_bytes([tail[2], tail[3], tail[4], tail[5]]);
+            let d = self
+                .by_marker
+                .get(&(sender, counter))
+                .and_then(|id| self.deposits.get(id))
+                .ok_or_else(|| {
+                    Violation(format!(
+                        "{what}: an envelope marker of client {sender} #{counter}, never deposited"
+                    ))
+                })?;
+            let start = at.checked_sub(d.marker_at);
+            let copy = start.and_then(|s| bytes.get(s..s + d.envelope.len()));
+            if copy != Some(d.envelope.as_slice()) {
+                return Err(Violation(format!(
+                    "{what}: envelope of client {sender} #{counter} stored other than deposited"
+                )));
+            }
+            self.stored_copies += 1;
+        }
+        Ok(())
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
 }

@@ -1,14 +1,19 @@
 //! The simulated world of the directory family: replicas with disks and drifting clocks, clients
 //! on connections, the network, the fault plan and the workload.
 
-use super::checks::{Attack, AttackKind, Observed};
+use super::checks::{Attack, AttackKind, Observed, ENVELOPE_MARKER};
 use crate::fastsim::{dur_nanos, Fault, FaultPlan, Faults, Trace};
 use paloma_core::client::{
     Client, ClientConfig, ClientEvent, ClientInput, ClientOutput, OpError, OpId,
 };
-use paloma_core::directory::{CommandBody, CommandError, Presence, SignedCommand};
+use paloma_core::directory::mailbox::ENVELOPE_BYTES_MAX;
+use paloma_core::directory::{
+    CommandBody, CommandError, Directory, MailboxLimits, Presence, SignedCommand,
+};
 use paloma_core::raft::check::{SafetyChecker, Violation};
+use paloma_core::raft::state_machine::StateMachine;
 use paloma_core::raft::storage::{apply_op, PersistBatch, Recovered};
+use paloma_core::raft::types::Payload;
 use paloma_core::raft::{Config, Envelope};
 use paloma_core::replica::protocol::{
     ClientFrame, Consistency, LookupKey, PeerFrame, ReplicaFrame, Request,
@@ -17,7 +22,7 @@ use paloma_core::replica::{PresenceConfig, Replica, ReplicaConfig, ReplicaInput,
 use paloma_core::rng::DetRng;
 use paloma_core::session::{Entropy, IdentityKeyPair};
 use paloma_core::time::Now;
-use paloma_core::{ConnId, Instant, NodeId, RequestId, UserId};
+use paloma_core::{ConnId, Instant, MailboxSeq, MessageId, NodeId, RequestId, UserId};
 use paloma_runtime_sim::clock::{DriftClock, UNIX_MS_EPOCH};
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
@@ -50,6 +55,12 @@ pub struct DirConfig {
     pub attacker: bool,
     /// Record the story trace.
     pub trace: bool,
+    /// The directory's mailbox limits (with `swarm`, some seeds draw small quotas, a short TTL
+    /// or a slow purge, so the bounds are reached within a run).
+    pub mailbox: MailboxLimits,
+    /// The final drain's longest span: every client online, no new deposits, until every
+    /// mailbox is fetched and acknowledged.
+    pub drain: Duration,
 }
 
 impl DirConfig {
@@ -91,6 +102,8 @@ impl DirConfig {
             swarm: true,
             attacker: true,
             trace: false,
+            mailbox: MailboxLimits::default(),
+            drain: Duration::from_secs(20),
         }
     }
 
@@ -109,6 +122,18 @@ impl DirConfig {
             cfg.faults.targeted = false;
             cfg.faults.lease_attacks = false;
             cfg.faults.config_splits = false;
+            // Its own fork, so the mailbox draw does not move the fault profile.
+            let mut m = DetRng::fork(cfg.seed, "mailbox-limits");
+            if m.below(3) == 0 {
+                cfg.mailbox.messages_max = 2 + m.below(6) as usize;
+                cfg.mailbox.bytes_max = 512 + m.below(4096);
+            }
+            if m.below(4) == 0 {
+                cfg.mailbox.ttl_ms = 3_000 + m.below(12_000);
+            }
+            if m.below(4) == 0 {
+                cfg.mailbox.purge_per_apply_max = 1 + m.below(2) as usize;
+            }
             cfg.swarm = false;
         }
         cfg
@@ -148,7 +173,7 @@ impl DirReport {
     pub fn summary(&self) -> String {
         let o = &self.observed;
         format!(
-            "seed {}: {:.1}s simulated, {} events, {} msgs ({} dropped, {} dup), {} crashes, {} partitions, {} registered ({} taken), {} claims ({} empty), {} lookups ({} linearizable checked), {} attacks ({} refused as expected), {} presence checks, {} presence batches, {} safety checks{}",
+            "seed {}: {:.1}s simulated, {} events, {} msgs ({} dropped, {} dup), {} crashes, {} partitions, {} registered ({} taken), {} claims ({} empty), {} lookups ({} linearizable checked), {} attacks ({} refused as expected), {} presence checks, {} presence batches, {} safety checks, mailbox: {} deposits ({} acknowledged, {} delivered, {} excused, {} full), {} fetches, {} acks, {} pushes, {} stored copies verified{}",
             self.seed,
             self.sim_time.as_secs_f64(),
             self.events,
@@ -168,6 +193,15 @@ impl DirReport {
             o.presence_checked,
             self.presence_batches,
             self.observations,
+            o.mailbox.sent,
+            o.mailbox.acked,
+            o.mailbox.fetched,
+            o.mailbox.excused,
+            o.mailbox.full,
+            o.mailbox.fetches,
+            o.mailbox.acks,
+            o.mailbox.pushes,
+            o.mailbox.stored_copies,
             self.failure
                 .as_ref()
                 .map_or(String::new(), |f| format!(" -- FAILED: {f}\n  profile: {}", self.profile))
@@ -270,6 +304,33 @@ struct SimClient {
     timer_generation: u64,
     /// Ops in flight: what they were, when issued.
     ops: BTreeMap<OpId, (Op, u64)>,
+    /// The client's side of its mailbox.
+    mbx: Mbx,
+    /// Deposits this client sent (the per-sender counter in the envelope).
+    deposits_sent: u32,
+    /// Its last few deposits `(id, recipient, recipient's epoch, envelope)`, to resend.
+    sent_log: VecDeque<(MessageId, UserId, u64, Vec<u8>)>,
+}
+
+/// A client's mailbox draining: fetch after the cursor (on a push, on login, on `more`), record
+/// what arrived with the checker ("persist"), then acknowledge up to the cursor (DESIGN.md §6.4).
+/// One fetch or acknowledgement at a time.
+#[derive(Clone, Copy, Debug, Default)]
+struct Mbx {
+    /// Registrations of this client acknowledged so far (seqs start again with each).
+    epoch: u64,
+    /// Registered (acknowledged) and not deregistering: fetches and acknowledgements may go.
+    open: bool,
+    /// The highest seq fetched and recorded.
+    cursor: MailboxSeq,
+    /// The highest acknowledgement applied.
+    acked_upto: MailboxSeq,
+    fetch: Option<OpId>,
+    ack: Option<OpId>,
+    want_fetch: bool,
+    /// The next fetch starts from 0, as a client that lost its cursor would (so a fetch can
+    /// show what an applied acknowledgement failed to delete).
+    from_zero: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -278,6 +339,19 @@ pub(super) enum Op {
     Deregister,
     Lookup(String, Consistency),
     Claim(UserId),
+    Deposit {
+        id: MessageId,
+        to: UserId,
+        len: usize,
+    },
+    Fetch {
+        after: MailboxSeq,
+        acked_upto: MailboxSeq,
+        epoch: u64,
+    },
+    Ack {
+        epoch: u64,
+    },
     Other,
 }
 
@@ -292,6 +366,12 @@ struct Attacker {
     register_counters: Vec<u64>,
     pending: Option<(RequestId, AttackKind)>,
     next_request: u64,
+    /// A client's acknowledgement seen on the wire (presented later on the attacker's login).
+    sniffed_ack: Option<SignedCommand>,
+    /// The attacker's own applied acknowledgement: replayed later.
+    acked: Option<SignedCommand>,
+    /// The counters of every acknowledgement it sent (one of them may have applied).
+    ack_counters: Vec<u64>,
 }
 
 /// A run of the directory family.
@@ -318,6 +398,12 @@ pub struct DirSim {
     names: Vec<String>,
     /// Every one-time prekey a client ever generated: `(owner, id) → public key`.
     generated: BTreeMap<(UserId, paloma_core::session::PrekeyId), [u8; 32]>,
+    /// The final drain is on: no new deposits, only mailbox draining.
+    draining: bool,
+    /// The highest directory clock any replica applied (for the TTL excuse).
+    dir_clock_max: u64,
+    /// Client index by user.
+    user_index: BTreeMap<UserId, usize>,
 }
 
 impl std::fmt::Debug for DirSim {
@@ -376,7 +462,7 @@ impl DirSim {
             request_timeout: Duration::from_secs(3),
             ..ClientConfig::default()
         };
-        let clients = (0..cfg.clients)
+        let clients: Vec<SimClient> = (0..cfg.clients)
             .map(|i| {
                 let identity = IdentityKeyPair::generate(&mut key_rng);
                 let user = identity.user_id();
@@ -398,6 +484,9 @@ impl DirSim {
                     busy: None,
                     timer_generation: 0,
                     ops: BTreeMap::new(),
+                    mbx: Mbx::default(),
+                    deposits_sent: 0,
+                    sent_log: VecDeque::new(),
                 }
             })
             .collect();
@@ -414,7 +503,15 @@ impl DirSim {
             register_counters: Vec::new(),
             pending: None,
             next_request: 1,
+            sniffed_ack: None,
+            acked: None,
+            ack_counters: Vec::new(),
         };
+        let user_index = clients
+            .iter()
+            .enumerate()
+            .map(|(i, c): (usize, &SimClient)| (c.user, i))
+            .collect();
         let mut sim = DirSim {
             net_rng: DetRng::fork(cfg.seed, "net"),
             disk_rng: DetRng::fork(cfg.seed, "disk"),
@@ -422,7 +519,11 @@ impl DirSim {
             trace: Trace::story(cfg.trace, false),
             report: DirReport {
                 seed: cfg.seed,
-                profile: cfg.faults.describe(&cfg.raft),
+                profile: format!(
+                    "{}; mailbox limits {:?}",
+                    cfg.faults.describe(&cfg.raft),
+                    cfg.mailbox
+                ),
                 ..DirReport::default()
             },
             cfg,
@@ -441,6 +542,9 @@ impl DirSim {
             observed: Observed::default(),
             names,
             generated: BTreeMap::new(),
+            draining: false,
+            dir_clock_max: 0,
+            user_index,
         };
         for id in voters {
             sim.start_node(id);
@@ -465,7 +569,10 @@ impl DirSim {
     /// Runs the chaos and healed phases and the end checks.
     pub fn run(mut self) -> (super::DirReport, Trace) {
         let end = dur_nanos(self.cfg.chaos + self.cfg.liveness);
-        let result = self.run_until(end).and_then(|()| self.check_end());
+        let result = self
+            .run_until(end)
+            .and_then(|()| self.check_end())
+            .and_then(|()| self.drain_and_check(end));
         if let Err(v) = result {
             self.trace.line(self.now, format_args!("FAILED: {}", v.0));
             self.report.failure = Some(v.0);
@@ -643,8 +750,12 @@ impl DirSim {
             ..ReplicaConfig::default()
         };
         let seed = self.cfg.seed ^ (id.0 << 48) ^ (n.incarnation << 32);
-        n.replica =
-            Some(Replica::new(cfg, n.disk.clone(), seed, now).expect("recovered state is valid"));
+        // Every replica gets the same limits, as the directory requires.
+        let directory = Directory::with_mailbox_limits(self.cfg.mailbox);
+        n.replica = Some(
+            Replica::with_directory(cfg, n.disk.clone(), directory, seed, now)
+                .expect("recovered state is valid"),
+        );
         self.arm_node(id);
     }
 
@@ -680,6 +791,7 @@ impl DirSim {
         }
         let replica = self.nodes[&id].replica.as_ref().expect("live");
         replica.check_invariants();
+        self.dir_clock_max = self.dir_clock_max.max(replica.directory().clock_unix_ms());
         self.checker.observe(replica.node(), |d| d.digest())?;
         let nodes = &self.nodes;
         self.checker
@@ -818,6 +930,9 @@ impl DirSim {
             }
         }
         n.queue.clear();
+        // What survives a power cut holds envelopes only as deposited.
+        let disk = n.disk.clone();
+        self.scan_disk(id, &disk)?;
         self.report.crashes += 1;
         self.checker.on_restart(id);
         self.trace.line(
@@ -1030,6 +1145,18 @@ impl DirSim {
         while let Some(out) = self.clients[c].client.poll_output() {
             match out {
                 ClientOutput::Send(frame) => {
+                    // The attacker listens on the wire for an acknowledgement to present as its own.
+                    if self.attacker.sniffed_ack.is_none() {
+                        if let Ok(ClientFrame::Request {
+                            request: Request::Command { command, .. },
+                            ..
+                        }) = ClientFrame::decode(&frame)
+                        {
+                            if matches!(command.body, CommandBody::AckMailbox { .. }) {
+                                self.attacker.sniffed_ack = Some(command);
+                            }
+                        }
+                    }
                     if let Some(conn) = self.clients[c].conn {
                         self.send_to_replica(conn, frame);
                     }
@@ -1073,6 +1200,10 @@ impl DirSim {
                     )));
                 }
                 self.clients[c].logged_in_since = Some(now);
+                // Drain on reconnect (a push is only a hint); now and then from 0.
+                self.clients[c].mbx.want_fetch = true;
+                self.clients[c].mbx.from_zero = self.work_rng.below(4) == 0;
+                self.mailbox_step(c)?;
             }
             ClientEvent::Registered { op, user, .. } => {
                 let Some((Op::Register(name), _)) = self.clients[c].ops.remove(&op) else {
@@ -1089,6 +1220,82 @@ impl DirSim {
                 self.clients[c].name = Some(name);
                 self.clients[c].registered_at = Some(now);
                 self.clients[c].busy = None;
+                // A new registration starts a new mailbox at seq 1.
+                let epoch = self.clients[c].mbx.epoch + 1;
+                self.clients[c].mbx = Mbx {
+                    epoch,
+                    open: true,
+                    want_fetch: true,
+                    ..Mbx::default()
+                };
+            }
+            ClientEvent::Deposited {
+                op,
+                seq,
+                expires_unix_ms,
+            } => {
+                let Some((Op::Deposit { id, .. }, _)) = self.clients[c].ops.remove(&op) else {
+                    return Err(Violation(format!(
+                        "client {c}: Deposited for an op that was no deposit"
+                    )));
+                };
+                self.observed
+                    .mailbox
+                    .on_deposited(id, seq, expires_unix_ms, self.dir_clock_max)?;
+            }
+            ClientEvent::MailboxFetched { op, reply } => {
+                let Some((
+                    Op::Fetch {
+                        after,
+                        acked_upto,
+                        epoch,
+                    },
+                    _,
+                )) = self.clients[c].ops.remove(&op)
+                else {
+                    return Err(Violation(format!(
+                        "client {c}: a mailbox page for an op that was no fetch"
+                    )));
+                };
+                let user = self.clients[c].user;
+                let mbx = &mut self.clients[c].mbx;
+                mbx.fetch = None;
+                if epoch == mbx.epoch {
+                    self.observed.mailbox.on_fetched(
+                        user,
+                        epoch,
+                        after,
+                        acked_upto,
+                        &reply.page,
+                        self.dir_clock_max,
+                    )?;
+                    if let Some(last) = reply.page.messages.last() {
+                        mbx.cursor = mbx.cursor.max(last.seq);
+                    }
+                    mbx.want_fetch |= reply.page.more;
+                }
+                self.mailbox_step(c)?;
+            }
+            ClientEvent::MailboxAcked { op, upto, .. } => {
+                let Some((Op::Ack { epoch }, _)) = self.clients[c].ops.remove(&op) else {
+                    return Err(Violation(format!(
+                        "client {c}: MailboxAcked for an op that was no acknowledgement"
+                    )));
+                };
+                self.observed.mailbox.acks += 1;
+                let mbx = &mut self.clients[c].mbx;
+                mbx.ack = None;
+                if epoch == mbx.epoch {
+                    mbx.acked_upto = mbx.acked_upto.max(upto);
+                }
+                self.mailbox_step(c)?;
+            }
+            ClientEvent::MailboxChanged { last_seq } => {
+                self.observed.mailbox.pushes += 1;
+                if last_seq > self.clients[c].mbx.cursor {
+                    self.clients[c].mbx.want_fetch = true;
+                    self.mailbox_step(c)?;
+                }
             }
             ClientEvent::Done { op } => {
                 if let Some((Op::Deregister, _)) = self.clients[c].ops.remove(&op) {
@@ -1148,7 +1355,38 @@ impl DirSim {
                     (Some((Op::Register(_), _)), OpError::Command(CommandError::UsernameTaken)) => {
                         self.observed.on_taken();
                     }
+                    (
+                        Some((Op::Deposit { to, len, .. }, _)),
+                        OpError::Command(CommandError::MailboxFull { messages, bytes }),
+                    ) => {
+                        let limits = self.cfg.mailbox;
+                        self.observed
+                            .mailbox
+                            .on_full(*to, *messages, *bytes, *len, &limits)?;
+                    }
+                    (
+                        Some((Op::Deposit { .. }, _)),
+                        OpError::Command(
+                            CommandError::EnvelopeTooLarge { .. } | CommandError::MessageIdConflict,
+                        ),
+                    )
+                    | (
+                        Some((Op::Ack { .. }, _)),
+                        OpError::Command(CommandError::AckBeyondLast { .. }),
+                    ) => {
+                        return Err(Violation(format!(
+                            "client {c}: {op_kind:?} refused with {error}, which the workload never provokes"
+                        )));
+                    }
                     _ => self.observed.on_failed(),
+                }
+                match &op_kind {
+                    Some((Op::Fetch { .. }, _)) => {
+                        self.clients[c].mbx.fetch = None;
+                        self.clients[c].mbx.want_fetch = true;
+                    }
+                    Some((Op::Ack { .. }, _)) => self.clients[c].mbx.ack = None,
+                    _ => {}
                 }
                 if let Some((Op::Register(_) | Op::Deregister, _)) = op_kind {
                     self.clients[c].busy = None;
@@ -1167,9 +1405,60 @@ impl DirSim {
         if !sc.online || sc.ops.len() >= 4 {
             return Ok(());
         }
+        // Retries what a failure or a full queue left undone.
+        self.mailbox_step(c)?;
+        if self.draining {
+            return self.step_client(c, |_, _| {});
+        }
         let now = self.client_now();
         let registered: Vec<UserId> = self.observed.holders();
         let roll = self.work_rng.below(100);
+        // A deposit for another holder, online or not (DESIGN.md §6.3).
+        let deposit = if (88..98).contains(&roll) && self.clients[c].name.is_some() {
+            let me = self.clients[c].user;
+            let targets: Vec<UserId> = registered.iter().copied().filter(|u| *u != me).collect();
+            // Now and then the same envelope again under its id, as an outbox resending after a
+            // crash would (to a recipient still in the registration it was sent to).
+            let resend = if self.work_rng.below(4) == 0 {
+                let log = &self.clients[c].sent_log;
+                let pick = log.get(self.work_rng.below(log.len().max(1) as u64) as usize);
+                pick.filter(|(_, to, epoch, _)| {
+                    targets.contains(to) && self.clients[self.user_index[to]].mbx.epoch == *epoch
+                })
+                .cloned()
+            } else {
+                None
+            };
+            if let Some((id, to, _, envelope)) = resend {
+                self.observed.mailbox.on_resent();
+                Some((to, (id, envelope)))
+            } else if targets.is_empty() {
+                None
+            } else {
+                let to = targets[self.work_rng.below(targets.len() as u64) as usize];
+                let (id, envelope, marker_at, counter) = self.envelope(c);
+                // Holders are clients: the deposit belongs to the recipient's current registration.
+                let epoch = self.clients[self.user_index[&to]].mbx.epoch;
+                let marker = (u16::try_from(c).expect("few clients"), counter);
+                let log = &mut self.clients[c].sent_log;
+                if log.len() == 8 {
+                    log.pop_front();
+                }
+                log.push_back((id, to, epoch, envelope.clone()));
+                self.observed.mailbox.on_sent(
+                    id,
+                    marker,
+                    to,
+                    epoch,
+                    envelope.clone(),
+                    marker_at,
+                    self.now,
+                );
+                Some((to, (id, envelope)))
+            }
+        } else {
+            None
+        };
         let sc = &mut self.clients[c];
         let (op, result) = if sc.name.is_none() {
             if sc.busy.is_some() {
@@ -1205,8 +1494,15 @@ impl DirSim {
         } else if roll < 85 && !registered.is_empty() {
             let subjects: Vec<UserId> = registered.iter().take(4).copied().collect();
             (Op::Other, sc.client.subscribe(now, subjects))
-        } else if roll < 88 && sc.busy.is_none() {
+        } else if roll < 88 && sc.busy.is_none() && sc.mbx.fetch.is_none() && sc.mbx.ack.is_none() {
+            // Not while a fetch or an acknowledgement is out: their mailbox is this registration's.
             (Op::Deregister, sc.client.deregister(now))
+        } else if let Some((to, (id, envelope))) = deposit {
+            let len = envelope.len();
+            (
+                Op::Deposit { id, to, len },
+                sc.client.deposit(now, to, id, envelope),
+            )
         } else {
             return Ok(());
         };
@@ -1219,9 +1515,11 @@ impl DirSim {
                     self.clients[c].registered_at = None;
                 }
                 if let Op::Deregister = op {
-                    // From now on the name may go at any moment.
+                    // From now on the name (and the mailbox) may go at any moment.
                     let user = self.clients[c].user;
                     self.observed.on_deregistering(user, self.now);
+                    self.observed.mailbox.on_deregistering(user, self.now);
+                    self.clients[c].mbx.open = false;
                 }
                 self.clients[c].ops.insert(id, (op, self.now));
             }
@@ -1239,6 +1537,143 @@ impl DirSim {
             }
         }
         self.step_client(c, |_, _| {})
+    }
+
+    /// A fresh envelope from client `c` with its id, the marker's offset and the counter: random
+    /// bytes around the marker, the sender and its counter (`checks::ENVELOPE_MARKER`); now and
+    /// then a large one, so byte quotas are reached too.
+    fn envelope(&mut self, c: usize) -> (MessageId, Vec<u8>, usize, u32) {
+        let counter = self.clients[c].deposits_sent;
+        self.clients[c].deposits_sent += 1;
+        let prefix = self.work_rng.below(24) as usize;
+        let tail = if self.work_rng.below(20) == 0 {
+            1_000 + self.work_rng.below(2_000) as usize
+        } else {
+            8 + self.work_rng.below(200) as usize
+        };
+        let mut envelope = vec![0u8; prefix];
+        self.work_rng.fill(&mut envelope);
+        envelope.extend_from_slice(&ENVELOPE_MARKER);
+        let sender = u16::try_from(c).expect("few clients");
+        envelope.extend_from_slice(&sender.to_le_bytes());
+        envelope.extend_from_slice(&counter.to_le_bytes());
+        let mut rest = vec![0u8; tail];
+        self.work_rng.fill(&mut rest);
+        envelope.extend_from_slice(&rest);
+        let mut id = [0u8; 16];
+        self.work_rng.fill(&mut id);
+        (MessageId(id), envelope, prefix, counter)
+    }
+
+    /// Moves client `c`'s mailbox on: acknowledges what it fetched and recorded, else fetches if
+    /// a push, a login or a `more` asked for it. Called from events (inside `step_client`, whose
+    /// loop drains what this queues) and from `act`.
+    fn mailbox_step(&mut self, c: usize) -> Result<(), Violation> {
+        let now = self.client_now();
+        let sc = &self.clients[c];
+        let m = sc.mbx;
+        if !sc.online || !m.open || m.fetch.is_some() || m.ack.is_some() || sc.ops.len() >= 6 {
+            return Ok(());
+        }
+        let user = sc.user;
+        if m.cursor > m.acked_upto {
+            // Recorded by the checker when fetched: "persisted", so it may be acknowledged.
+            self.observed
+                .mailbox
+                .on_ack_sent(user, m.epoch, m.cursor, self.dir_clock_max)?;
+            let sc = &mut self.clients[c];
+            match sc.client.ack_mailbox(now, m.cursor) {
+                Ok(id) => {
+                    sc.mbx.ack = Some(id);
+                    sc.ops.insert(id, (Op::Ack { epoch: m.epoch }, self.now));
+                }
+                Err(_) => self.observed.refused_locally += 1,
+            }
+            return Ok(());
+        }
+        if !m.want_fetch {
+            return Ok(());
+        }
+        let after = if m.from_zero { MailboxSeq(0) } else { m.cursor };
+        let max = 1 + self.work_rng.below(8) as u32;
+        let sc = &mut self.clients[c];
+        match sc.client.fetch_mailbox(now, after, max) {
+            Ok(id) => {
+                sc.mbx.fetch = Some(id);
+                sc.mbx.want_fetch = false;
+                sc.mbx.from_zero = false;
+                let op = Op::Fetch {
+                    after,
+                    acked_upto: m.acked_upto,
+                    epoch: m.epoch,
+                };
+                sc.ops.insert(id, (op, self.now));
+            }
+            Err(_) => self.observed.refused_locally += 1,
+        }
+        Ok(())
+    }
+
+    /// The final drain: every client online, no new deposits, until every mailbox is fetched
+    /// and acknowledged (or `cfg.drain` runs out); then the delivery check and the stored-bytes
+    /// scan of every replica.
+    fn drain_and_check(&mut self, end: u64) -> Result<(), Violation> {
+        self.draining = true;
+        self.trace
+            .line(self.now, format_args!("final drain: every client online"));
+        for c in 0..self.clients.len() {
+            self.set_online(c, true)?;
+            self.clients[c].mbx.want_fetch = true;
+        }
+        let limit = end + dur_nanos(self.cfg.drain);
+        let mut t = end;
+        while t < limit {
+            t += 500 * MS;
+            self.run_until(t)?;
+            let quiet = self.clients.iter().all(|sc| {
+                !sc.ops
+                    .values()
+                    .any(|(op, _)| matches!(op, Op::Deposit { .. }))
+                    && (!sc.mbx.open
+                        || (sc.mbx.fetch.is_none()
+                            && sc.mbx.ack.is_none()
+                            && !sc.mbx.want_fetch
+                            && sc.mbx.cursor <= sc.mbx.acked_upto))
+            });
+            if quiet && t >= end + 3_000 * MS {
+                break;
+            }
+        }
+        self.observed.mailbox.check_final(self.dir_clock_max)?;
+        let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
+        for id in ids {
+            let disk = self.nodes[&id].disk.clone();
+            self.scan_disk(id, &disk)?;
+            if let Some(r) = &self.nodes[&id].replica {
+                let snapshot = r.directory().snapshot();
+                self.observed
+                    .mailbox
+                    .scan_stored(&format!("{id}'s directory"), &snapshot)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Scans what `id`'s disk holds (snapshot, log entries) for envelopes.
+    fn scan_disk(&mut self, id: NodeId, disk: &Recovered) -> Result<(), Violation> {
+        if let Some(snapshot) = &disk.snapshot {
+            self.observed
+                .mailbox
+                .scan_stored(&format!("{id}'s snapshot"), &snapshot.data)?;
+        }
+        for entry in &disk.entries {
+            if let Payload::Command { data, .. } = &entry.payload {
+                self.observed
+                    .mailbox
+                    .scan_stored(&format!("{id}'s log"), data)?;
+            }
+        }
+        Ok(())
     }
 
     fn toggle(&mut self, c: usize) -> Result<(), Violation> {
@@ -1311,8 +1746,21 @@ impl DirSim {
             .map_err(|e| Violation(format!("replica sent an undecodable frame: {e}")))?;
         match frame {
             ReplicaFrame::Challenge { nonce, replica } => {
-                let plan = Attack::pick(&mut self.work_rng, self.attacker.registered.is_some());
+                let plan = Attack::pick(
+                    &mut self.work_rng,
+                    self.attacker.registered.is_some(),
+                    self.attacker.acked.is_some(),
+                );
                 match plan {
+                    Attack::FetchBeforeLogin => {
+                        self.attacker_request(
+                            AttackKind::FetchBeforeLogin,
+                            Request::FetchMailbox {
+                                after: MailboxSeq(0),
+                                max: 8,
+                            },
+                        );
+                    }
                     Attack::BeforeLogin => {
                         self.attacker_request(
                             AttackKind::BeforeLogin,
@@ -1382,6 +1830,13 @@ impl DirSim {
                     return Ok(());
                 }
                 let (_, kind) = self.attacker.pending.take().expect("checked");
+                if let AttackKind::AckSelf(cmd) = &kind {
+                    if let Ok(paloma_core::replica::protocol::Reply::Command(Ok(_))) = &result {
+                        self.attacker.acked = Some((**cmd).clone());
+                        self.observed.attacker_successes += 1;
+                    }
+                    return Ok(());
+                }
                 if let AttackKind::Register(cmd) = &kind {
                     if let Ok(paloma_core::replica::protocol::Reply::Command(Ok(_))) = &result {
                         self.attacker.registered = Some((**cmd).clone());
@@ -1391,7 +1846,7 @@ impl DirSim {
                 }
                 self.observed.on_attack_result(&kind, &result)?;
             }
-            ReplicaFrame::PresencePush { .. } => {}
+            ReplicaFrame::PresencePush { .. } | ReplicaFrame::MailboxChanged { .. } => {}
         }
         Ok(())
     }
@@ -1419,6 +1874,87 @@ impl DirSim {
                 );
                 // Registration is set-up, not an attack.
                 self.observed.attacks_sent -= 1;
+            }
+            A::AckSelf => {
+                self.attacker.counter += 1;
+                let body = CommandBody::AckMailbox {
+                    upto: MailboxSeq(0),
+                };
+                let cmd = SignedCommand::sign(identity, self.attacker.counter, expires, body);
+                self.attacker.ack_counters.push(self.attacker.counter);
+                self.attacker_request(
+                    AttackKind::AckSelf(Box::new(cmd.clone())),
+                    Request::Command {
+                        session,
+                        seq: 1,
+                        command: cmd,
+                    },
+                );
+                // Set-up, not an attack.
+                self.observed.attacks_sent -= 1;
+            }
+            A::AckReplay => {
+                let cmd = self
+                    .attacker
+                    .acked
+                    .clone()
+                    .expect("picked only once acknowledged");
+                self.attacker_request(
+                    AttackKind::AckReplay,
+                    Request::Command {
+                        session,
+                        seq: 1,
+                        command: cmd,
+                    },
+                );
+            }
+            A::ForeignAck => {
+                // A client's own acknowledgement if one was seen, else one signed by the attacker
+                // and presented under another signer: refused before Raft either way.
+                let cmd = self.attacker.sniffed_ack.clone().unwrap_or_else(|| {
+                    let mut cmd = SignedCommand::sign(
+                        identity,
+                        self.attacker.counter + 1,
+                        expires,
+                        CommandBody::AckMailbox {
+                            upto: MailboxSeq(1),
+                        },
+                    );
+                    cmd.signer = [7u8; 32];
+                    cmd
+                });
+                self.attacker_request(
+                    AttackKind::ForeignAck,
+                    Request::Command {
+                        session,
+                        seq: 1,
+                        command: cmd,
+                    },
+                );
+            }
+            A::DepositUnknown => {
+                self.attacker_request(
+                    AttackKind::DepositUnknown,
+                    Request::Deposit {
+                        session,
+                        seq: 1,
+                        to: UserId([0xEE; 32]),
+                        message_id: MessageId([0xEE; 16]),
+                        envelope: vec![1, 2, 3],
+                    },
+                );
+            }
+            A::DepositOversized => {
+                self.attacker_request(
+                    AttackKind::DepositOversized,
+                    Request::Deposit {
+                        session,
+                        seq: 1,
+                        to: self.clients[0].user,
+                        message_id: MessageId([0xEF; 16]),
+                        envelope: vec![0x5A; ENVELOPE_BYTES_MAX + 1],
+                    },
+                );
             }
             A::Replay => {
                 let cmd = self
@@ -1537,10 +2073,12 @@ impl DirSim {
         // one of a registration it sent, not of any refused command.
         let attacker = self.attacker.identity.user_id();
         if let Some(record) = dir.user(&attacker) {
-            if !self.attacker.register_counters.contains(&record.counter) {
+            if !self.attacker.register_counters.contains(&record.counter)
+                && !self.attacker.ack_counters.contains(&record.counter)
+            {
                 return Err(Violation(format!(
-                    "the attacker's record reached counter {} (its registrations used {:?}): a refused command applied",
-                    record.counter, self.attacker.register_counters
+                    "the attacker's record reached counter {} (its registrations used {:?}, its acknowledgements {:?}): a refused command applied",
+                    record.counter, self.attacker.register_counters, self.attacker.ack_counters
                 )));
             }
         }
