@@ -112,7 +112,7 @@ impl fmt::Debug for UserId {
     }
 }
 
-/// A message's id, 128 bits chosen at random by its sender (DESIGN.md §6: the recipient
+/// A message's id, 128 bits chosen at random by its sender (ARCHITECTURE.md, "Mailboxes": the recipient
 /// de-duplicates by it, and a mailbox stores one envelope per id).
 #[derive(Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct MessageId(pub [u8; 16]);

@@ -121,7 +121,7 @@ impl Client {
     }
 
     /// A deposit's answer: stored, or a definite refusal that stored nothing (a full mailbox is
-    /// shown to the sender, never dropped silently: DESIGN.md §6.3).
+    /// shown to the sender, never dropped silently: ARCHITECTURE.md, "Mailboxes", rule 3).
     fn on_deposit_result(&mut self, id: OpId, answer: CommandResult) {
         self.ops.remove(id);
         let event = match answer {

@@ -170,7 +170,7 @@ impl Client {
     }
 
     /// Deposits `envelope` (ciphertext, at most `ENVELOPE_BYTES_MAX` bytes) in `to`'s mailbox
-    /// under `message_id` (DESIGN.md §6.3). A write: it waits for the commands and deposits
+    /// under `message_id` (ARCHITECTURE.md, "Mailboxes", rule 3). A write: it waits for the commands and deposits
     /// before it, and every retry resends the same `(session, seq)`. Ends in `Deposited` once
     /// committed, or `Failed` (a full mailbox is `OpError::Command(MailboxFull)`).
     pub fn deposit(
@@ -209,8 +209,8 @@ impl Client {
     }
 
     /// Acknowledges (deletes) every envelope of this user's mailbox up to `upto`: a signed
-    /// command, so only this identity can. Acknowledge only what is durable locally (DESIGN.md
-    /// §6.4). Ends in `MailboxAcked` or `Failed`.
+    /// command, so only this identity can. Acknowledge only what is durable locally
+    /// (ARCHITECTURE.md, "Mailboxes", rule 4). Ends in `MailboxAcked` or `Failed`.
     pub fn ack_mailbox(&mut self, now: Now, upto: MailboxSeq) -> Result<OpId, ClientError> {
         self.registered()?;
         self.admit()?;

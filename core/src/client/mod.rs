@@ -192,7 +192,7 @@ pub enum ClientEvent {
     },
     /// The link was lost; requests in flight will be retried after the next login.
     Disconnected,
-    /// A deposit is committed in the recipient's mailbox (DESIGN.md §6.3: *stored*). A refusal
+    /// A deposit is committed in the recipient's mailbox (ARCHITECTURE.md, "Mailboxes", rule 3: *stored*). A refusal
     /// (`MailboxFull`, `UnknownUser`, ...) ends the operation in `Failed` instead.
     Deposited {
         /// The `deposit` call.

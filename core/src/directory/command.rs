@@ -375,7 +375,7 @@ pub enum DirectoryEntry {
     Deposit(Deposit),
 }
 
-/// An opaque ciphertext envelope for `recipient`'s mailbox (DESIGN.md §6.3). It carries nothing
+/// An opaque ciphertext envelope for `recipient`'s mailbox (ARCHITECTURE.md, "Mailboxes", rule 3). It carries nothing
 /// about its sender: the replica that proposes it authenticated the depositor by the login of its
 /// connection, and that is all routing needs (ARCHITECTURE.md, "Mailboxes", says what this does
 /// and does not hide).
@@ -571,7 +571,7 @@ pub enum CommandError {
         max: usize,
     },
     /// The recipient's mailbox is at its quota (count or bytes); nothing was stored. The sender
-    /// shows it (DESIGN.md §6.3: never a silent drop) and may retry once the recipient drains.
+    /// shows it (ARCHITECTURE.md, "Mailboxes", rule 3: never a silent drop) and may retry once the recipient drains.
     #[error("the recipient's mailbox is full ({messages} messages, {bytes} bytes)")]
     MailboxFull {
         /// Envelopes the mailbox holds.

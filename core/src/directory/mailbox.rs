@@ -1,4 +1,4 @@
-//! Offline mailboxes (DESIGN.md §6.3-6.4; ARCHITECTURE.md, "Mailboxes"): an owned part of the
+//! Offline mailboxes (ARCHITECTURE.md, "Mailboxes", rules 3-4): an owned part of the
 //! [`Directory`](super::Directory), changed only by applying committed entries, so every replica
 //! holds the same envelopes under the same seqs and purges them at the same directory time.
 //!
@@ -20,7 +20,7 @@ use crate::raft::state_machine::SnapshotDecodeError;
 
 /// The largest envelope a mailbox stores. 8 KiB holds a text message of a few thousand
 /// characters with its Double Ratchet header, MAC and padding; attachments travel another way
-/// (DESIGN.md §12). A deposit entry of this size fits in one proposal
+/// (ARCHITECTURE.md, "Mailboxes"). A deposit entry of this size fits in one proposal
 /// (`DEPOSIT_OVERHEAD_BYTES_MAX`), and a fetch reply always has room for one.
 pub const ENVELOPE_BYTES_MAX: usize = 8 * 1024;
 /// Envelopes one mailbox holds. 1,000 is a month offline at over 30 messages a day, the TTL's
@@ -36,7 +36,7 @@ pub const MAILBOXES_BYTES_MAX: u64 = 256 * 1024 * 1024;
 /// memory (the maps, the indexes) on top of the bytes.
 pub const MAILBOXES_MESSAGES_MAX: u64 = 262_144;
 /// How long an unacknowledged envelope stays, from the leader-stamped time of its deposit: 30
-/// days (DESIGN.md §6.3).
+/// days (ARCHITECTURE.md, "Mailboxes", rule 3).
 pub const MAILBOX_TTL_MS: u64 = 30 * 24 * 60 * 60 * 1000;
 /// Expired envelopes purged per applied entry at most. One entry deposits at most one envelope,
 /// so purging outpaces depositing; a backlog (the directory clock jumped) drains over the next

@@ -82,7 +82,7 @@ pub enum Request {
     },
     /// Push presence changes of these users to this connection (replaces the previous set).
     Subscribe(Vec<UserId>),
-    /// Deposit an envelope in `to`'s mailbox (DESIGN.md §6.3). Proposed through the leader like
+    /// Deposit an envelope in `to`'s mailbox (ARCHITECTURE.md, "Mailboxes", rule 3). Proposed through the leader like
     /// a command and de-duplicated by the same `(session, seq)`; answered by `Reply::Command`
     /// with `Outcome::Deposited` once committed and applied, or a typed refusal
     /// (`MailboxFull`, `UnknownUser`, ...). The depositor is the logged-in user, and nothing of
@@ -257,7 +257,7 @@ pub enum ReplicaFrame {
     },
     /// A frame from the client did not decode; it was dropped and counted.
     Malformed,
-    /// Deposits applied to the logged-in user's mailbox (DESIGN.md §6.4: the owner drains
+    /// Deposits applied to the logged-in user's mailbox (ARCHITECTURE.md, "Mailboxes", rule 4: the owner drains
     /// without polling). At most one per connection per batch of applied entries, however many
     /// deposits the batch held, so a burst costs one frame; `last_seq` is the mailbox's last
     /// seq when it was sent: fetch after the cursor until `more` is false. A hint only: a lost

@@ -14,7 +14,7 @@
 //!   each answered with their typed error (or a transient one under faults), never success; so
 //!   are a fetch before login, an acknowledgement signed by another user, a replayed
 //!   acknowledgement, a deposit for an unknown user and an oversized envelope;
-//! - **mailboxes** ([`MailboxObserved`], DESIGN.md §6): every deposit whose sender saw
+//! - **mailboxes** ([`MailboxObserved`], ARCHITECTURE.md, "Mailboxes"): every deposit whose sender saw
 //!   `Deposited` is fetched by its recipient, with identical bytes under the same seq, before the
 //!   recipient acknowledges past it, and at the end after a final drain (unless the recipient
 //!   deregistered or the TTL passed); one id is never delivered under two seqs, and nothing is
@@ -420,7 +420,7 @@ struct SentDeposit {
     before_full: bool,
 }
 
-/// What the mailbox workload observed (DESIGN.md §6: a deposit acknowledged as *stored* reaches
+/// What the mailbox workload observed (ARCHITECTURE.md, "Mailboxes": a deposit acknowledged as *stored* reaches
 /// its recipient exactly once).
 #[derive(Clone, Debug, Default)]
 pub struct MailboxObserved {
@@ -500,7 +500,7 @@ impl MailboxObserved {
 
     /// Whether the recipient acknowledged past `seq`: then the mailbox no longer holds that copy,
     /// and a resend of its id legitimately stores a new one under a new seq (exactly once holds
-    /// while a copy is held; the delivery layer de-duplicates by id, DESIGN.md §6.6).
+    /// while a copy is held; the delivery layer de-duplicates by id, ARCHITECTURE.md, "Mailboxes", rule 6).
     fn released(&self, key: (UserId, u64), seq: MailboxSeq) -> bool {
         self.ack_sent.get(&key).is_some_and(|upto| *upto >= seq)
     }

@@ -313,7 +313,7 @@ struct SimClient {
 }
 
 /// A client's mailbox draining: fetch after the cursor (on a push, on login, on `more`), record
-/// what arrived with the checker ("persist"), then acknowledge up to the cursor (DESIGN.md §6.4).
+/// what arrived with the checker ("persist"), then acknowledge up to the cursor (ARCHITECTURE.md, "Mailboxes", rule 4).
 /// One fetch or acknowledgement at a time.
 #[derive(Clone, Copy, Debug, Default)]
 struct Mbx {
@@ -1413,7 +1413,7 @@ impl DirSim {
         let now = self.client_now();
         let registered: Vec<UserId> = self.observed.holders();
         let roll = self.work_rng.below(100);
-        // A deposit for another holder, online or not (DESIGN.md §6.3).
+        // A deposit for another holder, online or not (ARCHITECTURE.md, "Mailboxes", rule 3).
         let deposit = if (88..98).contains(&roll) && self.clients[c].name.is_some() {
             let me = self.clients[c].user;
             let targets: Vec<UserId> = registered.iter().copied().filter(|u| *u != me).collect();
