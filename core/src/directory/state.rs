@@ -294,10 +294,7 @@ impl Directory {
         since: LogIndex,
         restores: u64,
     ) -> Option<impl Iterator<Item = UserId> + '_> {
-        if restores != self.presence_log.restores {
-            return None;
-        }
-        self.presence_log.since(since)
+        self.changes_since(&self.presence_log, since, restores)
     }
 
     /// How many times this directory was restored from a snapshot.
@@ -319,10 +316,21 @@ impl Directory {
         since: LogIndex,
         restores: u64,
     ) -> Option<impl Iterator<Item = UserId> + '_> {
+        self.changes_since(&self.deposit_log, since, restores)
+    }
+
+    /// `log`'s users after `since`, unless a restore since then emptied the derived logs (both
+    /// logs are cleared together at a restore; the presence log keeps the count).
+    fn changes_since<'a>(
+        &self,
+        log: &'a ChangeLog,
+        since: LogIndex,
+        restores: u64,
+    ) -> Option<impl Iterator<Item = UserId> + 'a> {
         if restores != self.presence_log.restores {
             return None;
         }
-        self.deposit_log.since(since)
+        log.since(since)
     }
 
     /// `user`'s mailbox, if anything was ever deposited for them since they registered.

@@ -269,8 +269,8 @@ impl Replica {
         let pushed_restores = node.state_machine().restores();
         // Tokens name this incarnation's requests to the leader, and a `ForwardReply` is matched
         // by token (and leader) alone: an incarnation that numbered from 1 again took the replies
-        // meant for its predecessor's requests as answers to its own (suspected cause of dirsim
-        // seed 26454, README). Each incarnation starts at a point drawn from its own seed.
+        // meant for its predecessor's requests as answers to its own (dirsim seed 26454,
+        // README). Each incarnation starts at a point drawn from its own seed.
         let mut tokens = DetRng::fork(seed, "replica-tokens");
         Ok(Replica {
             rng: DetRng::fork(seed, "replica"),

@@ -193,6 +193,16 @@ impl Harness {
 }
 
 /// A distinct (unregistered) user id per number.
+/// An encoded deposit of `envelope` for `to` under message id `[id; 16]`.
+fn deposit(to: UserId, id: u8, envelope: &[u8]) -> Vec<u8> {
+    DirectoryEntry::Deposit(crate::directory::command::Deposit {
+        recipient: to,
+        message_id: crate::ids::MessageId([id; 16]),
+        envelope: envelope.to_vec(),
+    })
+    .encode()
+}
+
 fn numbered_user(n: usize) -> UserId {
     let mut id = [0u8; 32];
     id[..8].copy_from_slice(&(n as u64).to_le_bytes());

@@ -2,18 +2,8 @@
 //! acknowledgement, deregistration, fetch pages.
 
 use super::*;
-use crate::directory::command::Deposit;
 use crate::directory::mailbox::{MailboxLimits, MAILBOX_MESSAGE_OVERHEAD_BYTES_MAX};
-use crate::ids::{MailboxSeq, MessageId};
-
-fn deposit(to: UserId, id: u8, envelope: &[u8]) -> Vec<u8> {
-    DirectoryEntry::Deposit(Deposit {
-        recipient: to,
-        message_id: MessageId([id; 16]),
-        envelope: envelope.to_vec(),
-    })
-    .encode()
-}
+use crate::ids::MailboxSeq;
 
 fn deposited(seq: u64, at_unix_ms: u64, ttl_ms: u64) -> CommandResult {
     Ok(Outcome::Deposited {

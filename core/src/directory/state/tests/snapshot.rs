@@ -2,18 +2,8 @@
 //! previous version still restores.
 
 use super::*;
-use crate::directory::command::Deposit;
 use crate::directory::mailbox::{Mailbox, MailboxLimits};
 use crate::ids::{MailboxSeq, MessageId};
-
-fn deposit(to: UserId, id: u8, envelope: &[u8]) -> Vec<u8> {
-    DirectoryEntry::Deposit(Deposit {
-        recipient: to,
-        message_id: MessageId([id; 16]),
-        envelope: envelope.to_vec(),
-    })
-    .encode()
-}
 
 /// A directory with a bit of everything: users, a drained pool, presence, visibility, a
 /// tombstone, mailboxes (one partly acknowledged, one deleted with its owner), refusals in the
