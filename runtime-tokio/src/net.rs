@@ -16,7 +16,7 @@ use tokio::net::UdpSocket;
 /// Under madsim, `UdpSocket::recv_from` is not cancel-safe (madsim 0.2.34, `sim/net/endpoint.rs`:
 /// a datagram handed to a registered receiver, or received and then delayed by `rand_delay`, is
 /// lost when the future is dropped), and the driver drops the receive future whenever another
-/// input wins its `select!`. That lost about one datagram in a few hundred in a quiet network,
+/// input wins its `select!`. That lost datagrams in a quiet network (rate not measured),
 /// unplanned loss the Raft core survives but a forwarded reply does not hide. So under madsim a
 /// reader task owns the receiving and hands datagrams over a channel, whose `recv` is
 /// cancel-safe; tokio's `recv_from` is cancel-safe already and is used directly.

@@ -31,6 +31,7 @@ use paloma_core::rng::DetRng;
 use paloma_core::session::IdentityKeyPair;
 use paloma_core::time::Now;
 use paloma_core::{Instant, UserId};
+use paloma_runtime_sim::clock::UNIX_MS_EPOCH;
 use paloma_runtime_sim::{ClientConn, ReplicaCluster, SimConfig};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -43,8 +44,6 @@ pub const REPLICAS: u64 = 3;
 const NAMES: [&str; 6] = ["ana", "bob", "cyd", "dee", "eli", "fay"];
 /// How long a user waits to connect before trying another replica.
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
-/// Milliseconds since the Unix epoch at the simulation's start (the clients' wall clock).
-const UNIX_MS_EPOCH: u64 = 1_700_000_000_000;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
