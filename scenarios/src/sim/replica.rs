@@ -517,6 +517,12 @@ pub async fn replica_chaos(
     } else {
         super::swarm(cfg, base)
     };
+    // The replica has no transfer request yet (`SimMachine::transfer` answers false): a planned
+    // transfer would silently do nothing, which no scenario may pass with.
+    assert!(
+        !faults.transfers,
+        "the replica scenarios cannot carry out leadership transfers"
+    );
     let plan = if quiet {
         FaultPlan::default()
     } else {
